@@ -1,0 +1,1 @@
+"""Alembic migrations: the system schema and the demo domain."""

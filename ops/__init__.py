@@ -1,0 +1,1 @@
+"""Operators: the jobctl CLI, the exporter and their assets."""

@@ -1,0 +1,1 @@
+"""Beat: the schedule and its single active leader."""

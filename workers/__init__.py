@@ -1,0 +1,1 @@
+"""The job runtime: how any job executes. The bottom layer; imports nothing of ours above it."""

@@ -1,0 +1,78 @@
+"""Every exception the system raises, each with one meaning. The docstring is the default message."""
+
+from __future__ import annotations
+
+
+class JobsError(Exception):
+    """A jobs-system error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        """Use the class docstring when no message is given."""
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(JobsError):
+    """The settings are invalid."""
+
+
+class BrokerUnavailable(JobsError):
+    """The broker (Redis) did not answer in time; the job was not enqueued."""
+
+
+class UnsafeBroker(ConfigurationError):
+    """The Redis server may evict queue keys (maxmemory-policy is not noeviction)."""
+
+
+class InvalidJob(JobsError, ValueError):
+    """The job's arguments or options are invalid."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        """``field`` names the offending argument or option."""
+        super().__init__(message)
+        self.field = field
+
+
+class PermanentError(JobsError):
+    """The job cannot succeed by retrying; it goes to the dead-letter store at once."""
+
+    #: Machine-readable reason stored on the dead letter.
+    reason = "permanent_error"
+
+
+class InvalidArguments(PermanentError):
+    """The message's arguments do not bind to the task's signature."""
+
+    reason = "invalid_args"
+
+
+class Retry(JobsError):  # noqa: N818 - a control-flow signal, named for what it asks
+    """Retry this job after ``delay`` seconds (spends an attempt)."""
+
+    def __init__(self, delay: float | None = None, message: str | None = None) -> None:
+        """``delay`` overrides the backoff policy (e.g. from a Retry-After header)."""
+        super().__init__(message)
+        self.delay = delay
+
+
+class Defer(JobsError):  # noqa: N818 - a control-flow signal, named for what it asks
+    """Run this job again after ``seconds`` without spending an attempt."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        """``reason`` is machine-readable (``rate_limited``, ``claim_busy``, ...)."""
+        super().__init__(f"deferred {seconds:.3f}s: {reason}")
+        self.seconds = seconds
+        self.reason = reason
+
+
+class DeadLetterUnavailable(JobsError):
+    """The dead-letter store (PostgreSQL) is unreachable; the job was kept, not dropped."""
+
+
+class WorkerLostExhausted(PermanentError):
+    """The job killed its worker process too many times."""
+
+    reason = "worker_lost_exhausted"
+
+
+class Settled(JobsError):
+    """The job's outcome was decided before it ran (already done, or dead-lettered)."""

@@ -1,0 +1,112 @@
+"""Worker housekeeping, on a thread of the worker's main process.
+
+Every ``housekeeping_interval``: promote due jobs from the delayed store. Every second:
+heart-beat this process's consumers. Every few seconds: recover the in-flight messages of
+consumers whose heartbeat stopped (their worker died), putting them back at the front of
+their queues. Every step is one atomic Lua script, safe with any number of workers doing it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+import structlog
+
+from workers import keys
+from workers.resources import make_redis
+from workers.scripts import Scripts
+from workers.settings import Settings
+from workers.transport import ACTIVE_CONSUMERS, PRIORITY_SEP, _active_lock
+
+log = structlog.get_logger("jobs.housekeeping")
+
+#: Due jobs moved per script call.
+PROMOTE_BATCH = 1000
+
+
+class Housekeeper:
+    """Promoter + heartbeat + recovery loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Use the broker's Redis (the delayed store and in-flight hashes live there)."""
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis[Any] | None = None
+        self._scripts: Scripts | None = None
+
+    def start(self) -> None:
+        """Start the daemon thread."""
+        self._thread = threading.Thread(target=self._loop, name="jobs-housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (waits briefly)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        self._client = make_redis(self.settings.effective_broker_url, self.settings)
+        self._scripts = Scripts(self._client)
+        last_beat = last_recovery = 0.0
+        recovery_every = max(self.settings.consumer_dead_after / 4, 0.5)
+        while not self._stop.wait(self.settings.housekeeping_interval):
+            now = time.time()
+            try:
+                self.promote_due(now)
+                if now - last_beat >= 1.0:
+                    self.heartbeat(now)
+                    last_beat = now
+                if now - last_recovery >= recovery_every:
+                    self.recover_dead_consumers(now)
+                    last_recovery = now
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("housekeeping_redis_unavailable", error=str(exc))
+            except Exception:
+                log.exception("housekeeping_failed")
+
+    def promote_due(self, now: float) -> int:
+        """Move due delayed jobs to their queues; returns how many."""
+        assert self._scripts is not None
+        total = 0
+        while True:
+            moved = int(
+                self._scripts.promote(
+                    keys=[keys.delayed()],
+                    args=[repr(now), PROMOTE_BATCH, keys.wake(""), PRIORITY_SEP],
+                )
+            )
+            total += moved
+            if moved < PROMOTE_BATCH:
+                return total
+
+    def heartbeat(self, now: float) -> None:
+        """Record that this process's consumers are alive."""
+        assert self._client is not None
+        with _active_lock:
+            alive = {consumer: now for consumer in ACTIVE_CONSUMERS}
+        if alive:
+            self._client.zadd(keys.consumers(), alive)
+
+    def recover_dead_consumers(self, now: float) -> int:
+        """Requeue the in-flight messages of consumers silent for ``consumer_dead_after``."""
+        assert self._client is not None
+        assert self._scripts is not None
+        cutoff = now - self.settings.consumer_dead_after
+        dead = self._client.zrange(keys.consumers(), "-inf", repr(cutoff), byscore=True)
+        restored = 0
+        for raw_id in dead:
+            consumer = raw_id.decode()
+            count = int(
+                self._scripts.restore(
+                    keys=[keys.inflight(consumer), keys.consumers()],
+                    args=[consumer, "", keys.wake(""), PRIORITY_SEP, repr(cutoff)],
+                )
+            )
+            restored += count
+            log.warning("consumer_recovered", consumer=consumer, requeued=count)
+        return restored

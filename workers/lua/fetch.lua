@@ -1,0 +1,28 @@
+-- Reliable fetch: pop the next message and record it as in flight, atomically.
+-- Closes stock kombu's BRPOP-then-record gap: a message is always in a queue list,
+-- in exactly one consumer's in-flight hash, or acknowledged.
+--
+-- KEYS[1]      in-flight hash of this consumer   jobs:inflight:<consumer>  (tag -> "<src>\n<raw>")
+-- KEYS[2]      consumer registry                 jobs:consumers            (zset, score = heartbeat)
+-- KEYS[3..n]   queue list keys, highest priority first (kombu layout: "<queue>" and "<queue>\x06\x16<pri>")
+-- ARGV[1]      consumer id
+-- ARGV[2]      now, unix seconds
+-- Returns {src, raw, delivery_tag} or false when every list is empty.
+-- A body that is not a kombu envelope gets a synthetic "garbage:" tag so it can be dead-lettered.
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+for i = 3, #KEYS do
+  local raw = redis.call('RPOP', KEYS[i])
+  if raw then
+    local tag
+    local ok, msg = pcall(cjson.decode, raw)
+    if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+        and type(msg.properties.delivery_tag) == 'string' then
+      tag = msg.properties.delivery_tag
+    else
+      tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
+    end
+    redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
+    return {KEYS[i], raw, tag}
+  end
+end
+return false

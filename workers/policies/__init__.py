@@ -1,0 +1,61 @@
+"""Policies: small objects that run around every job, in ONE ordered tuple.
+
+``before`` hooks run in tuple order; ``after_success`` / ``after_failure`` in reverse (an onion),
+and only for policies whose ``before`` completed. A policy declares the task options it reads;
+:func:`workers.task.job` rejects any option no policy declares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from workers.policies.arguments import Arguments
+from workers.policies.deadletter import DeadLetter
+from workers.policies.idempotency import Idempotency
+from workers.policies.retry import Retry
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from workers.job import Job
+    from workers.settings import Settings
+
+
+@dataclass(slots=True)
+class Execution:
+    """What the policies share while one job runs."""
+
+    app: Celery
+    settings: Settings
+    options: dict[str, Any]
+    time_limit: float
+    func: Any = None
+    token: str | None = None
+    retry_delay: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    """One cross-cutting concern around job execution."""
+
+    options: ClassVar[frozenset[str]]
+
+    def before(self, job: Job, execution: Execution) -> None:
+        """Runs before the task body; may raise ``Settled``, ``Defer`` or ``PermanentError``."""
+
+    def after_success(self, job: Job, execution: Execution) -> None:
+        """Runs after the body returned."""
+
+    def after_failure(self, job: Job, execution: Execution, exc: BaseException) -> None:
+        """Runs after the body (or a later policy's ``before``) raised; may set ``job.outcome``."""
+
+
+#: The order every job goes through. after_* hooks run in reverse: Retry decides first, then the
+#: claim is released, then DeadLetter stores whatever nobody else settled.
+DEFAULT_POLICIES: tuple[Policy, ...] = (DeadLetter(), Arguments(), Idempotency(), Retry())
+
+
+def declared_options(policies: tuple[Policy, ...] = DEFAULT_POLICIES) -> frozenset[str]:
+    """Every task option some policy reads."""
+    return frozenset().union(*(policy.options for policy in policies))

@@ -1,0 +1,133 @@
+"""Build Celery protocol-2 messages for jobs and publish them.
+
+On a Redis broker we write the kombu envelope ourselves (one pipeline per batch; dedup and
+publish fused in ``admit.lua``); a stock Celery worker consumes these messages unchanged. On
+any other broker (RabbitMQ) the message goes through Celery's producer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from workers import keys, resources
+from workers.errors import BrokerUnavailable
+from workers.job import HEADER, Job
+from workers.redaction import safe_repr
+from workers.settings import get_settings
+from workers.transport import WAKE_TOKENS, PRIORITY_SEP
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+#: kombu's default Redis priority steps; a job's priority maps onto one of these sub-queues.
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def list_key(queue: str, priority: int | None) -> str:
+    """The Redis list holding ``queue``'s messages of this priority (kombu's layout)."""
+    step = 0
+    for candidate in PRIORITY_STEPS:
+        if (priority or 0) >= candidate:
+            step = candidate
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
+
+
+def envelope(job: Job, *, time_limit: float | None = None) -> dict[str, Any]:
+    """The kombu envelope of ``job`` exactly as Celery's ``apply_async`` would write it."""
+    body = json.dumps(
+        [list(job.args), job.kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    headers = {
+        "lang": "py",
+        "task": job.task,
+        "id": job.id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": job.attempt - 1,
+        "timelimit": [time_limit, None],
+        "root_id": job.id,
+        "parent_id": None,
+        "argsrepr": safe_repr(job.args),
+        "kwargsrepr": safe_repr(job.kwargs),
+        "origin": ORIGIN,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+        HEADER: job.header(),
+    }
+    return {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": job.id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": job.queue},
+            "priority": job.priority or 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+def publish(app: Celery, jobs: list[Job], *, delay: float = 0.0) -> None:
+    """Publish jobs (retries, deferrals, replays): no dedup, optionally ``delay`` seconds later.
+
+    Raises :class:`BrokerUnavailable` when the broker does not answer.
+    """
+    if not jobs:
+        return
+    if not get_settings().broker_is_redis:
+        _publish_via_celery(app, jobs, delay=delay)
+        return
+    due = time.time() + delay if delay > 0 else 0.0
+    try:
+        with resources.redis_client().pipeline(transaction=False) as pipe:
+            for job in jobs:
+                key = list_key(job.queue, job.priority)
+                raw = json.dumps(envelope(job))
+                if due:
+                    pipe.zadd(keys.delayed(), {f"{key}\n{raw}": due})
+                else:
+                    pipe.lpush(key, raw)
+                    pipe.lpush(keys.wake(job.queue), "1")
+                    pipe.ltrim(keys.wake(job.queue), 0, WAKE_TOKENS - 1)
+            pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise BrokerUnavailable(f"broker unavailable while publishing: {exc}") from exc
+
+
+def _publish_via_celery(app: Celery, jobs: list[Job], *, delay: float) -> None:
+    from kombu.exceptions import OperationalError  # noqa: PLC0415
+
+    try:
+        for job in jobs:
+            app.tasks[job.task].apply_async(
+                job.args,
+                job.kwargs,
+                task_id=job.id,
+                queue=job.queue,
+                priority=job.priority,
+                countdown=delay or None,
+                headers={HEADER: job.header()},
+                _jobs_internal=True,
+            )
+    except OperationalError as exc:
+        raise BrokerUnavailable(f"broker unavailable while publishing: {exc}") from exc

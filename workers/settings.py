@@ -1,0 +1,141 @@
+"""Typed settings: the only reader of ``os.environ`` (every knob is ``JOBS_<NAME>``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.errors import ConfigurationError
+
+#: Failpoints a crash test may name in ``JOBS_FAILPOINT``.
+FAILPOINTS = frozenset(
+    {
+        "after_fetch",  # the message is popped, before the worker records it
+        "after_side_effect",  # the task body returned, before its key is marked done and acked
+        "after_dead_letter",  # the dead-letter row is committed, before the ack
+    }
+)
+
+
+class TaskKnobs(BaseSettings):
+    """Per-task overrides, e.g. ``JOBS_TASKS='{"webhooks.deliver": {"max_attempts": 10}}'``."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(default=None, ge=1)
+    retry_base: float | None = Field(default=None, gt=0)
+    retry_cap: float | None = Field(default=None, gt=0)
+    time_limit: float | None = Field(default=None, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the system can be told, with a default and a doc line each."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBS_", extra="ignore", frozen=True)
+
+    #: Redis for our own state (dedup, claims, delayed store, ledgers).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Celery broker; defaults to ``redis_url``. ``amqp://`` (RabbitMQ) URLs work too.
+    broker_url: str | None = None
+    #: PostgreSQL (SQLAlchemy URL, psycopg 3 driver).
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    #: ``production`` logs JSON; ``dev`` logs for a terminal.
+    env: Literal["production", "dev"] = "dev"
+    #: Log level for our loggers.
+    log_level: str = "INFO"
+
+    #: Seconds during which a second enqueue of the same idempotency key is a no-op.
+    dedup_window: float = Field(default=3600.0, gt=0)
+    #: Seconds a completed idempotency key is remembered (re-runs are skipped meanwhile).
+    done_retention: float = Field(default=86400.0, gt=0)
+    #: A running job's claim lives for its time limit plus this margin (seconds), so it can
+    #: never expire while the job legitimately runs; a crashed run's claim expires after it.
+    claim_lease_margin: float = Field(default=10.0, gt=0)
+
+    #: Default attempts per job before it is dead-lettered.
+    max_attempts: int = Field(default=5, ge=1)
+    #: Retry backoff base and cap in seconds (exponential, full jitter).
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_cap: float = Field(default=30.0, gt=0)
+    #: Times a job may kill its worker process before it is dead-lettered.
+    worker_lost_max: int = Field(default=3, ge=1)
+    #: Default hard time limit per task in seconds (soft limit is 90 % of it).
+    time_limit: float = Field(default=300.0, gt=0)
+    #: Per-task overrides (JSON object keyed by task name).
+    tasks: dict[str, TaskKnobs] = Field(default_factory=dict)
+
+    #: Seconds without a heartbeat after which a consumer's in-flight messages are recovered.
+    consumer_dead_after: float = Field(default=30.0, gt=0)
+    #: Seconds between housekeeping passes (heartbeat, promotion of due jobs, recovery).
+    housekeeping_interval: float = Field(default=0.25, gt=0)
+    #: Seconds before a job whose dead-letter write failed (database down) is tried again.
+    dead_letter_retry_delay: float = Field(default=5.0, gt=0)
+
+    #: Socket timeouts (s) towards Redis: a frozen Redis fails fast instead of hanging.
+    redis_socket_timeout: float = Field(default=1.0, gt=0)
+    redis_connect_timeout: float = Field(default=1.0, gt=0)
+    #: Accept a Redis whose ``maxmemory-policy`` may evict queue keys (tests, caches only).
+    allow_volatile_broker: bool = False
+    #: SQLAlchemy pool per process (PgBouncer-compatible: no server-side prepared statements).
+    db_pool_size: int = Field(default=2, ge=1)
+    db_connect_timeout: int = Field(default=3, ge=1)
+
+    #: Extra task modules a worker imports (tests and plugins); the catalogue is fixed.
+    extra_task_modules: tuple[str, ...] = ()
+    #: Crash-test failpoint: the worker exits (``os._exit``) at this named point.
+    failpoint: str | None = None
+    #: How many times the failpoint fires across all processes (0 = every time).
+    failpoint_limit: int = Field(default=0, ge=0)
+    #: Webhook URL hosts allowed despite the SSRF guard (development and tests only).
+    webhook_allow_hosts: tuple[str, ...] = ()
+
+    #: Flower basic auth ``user:password``; Flower refuses to start without it.
+    flower_basic_auth: str | None = None
+
+    @field_validator("failpoint")
+    @classmethod
+    def _known_failpoint(cls, value: str | None) -> str | None:
+        if value and value not in FAILPOINTS:
+            raise ValueError(f"unknown failpoint {value!r}; known: {sorted(FAILPOINTS)}")
+        return value or None
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> Settings:
+        if self.retry_cap < self.retry_base:
+            raise ValueError("retry_cap must be >= retry_base")
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker URL Celery uses."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """True when the broker speaks the Redis protocol (our reliable transport applies)."""
+        return self.effective_broker_url.startswith(("redis://", "rediss://", "unix://"))
+
+    def knobs_for(self, task_name: str) -> TaskKnobs:
+        """The per-task overrides for ``task_name`` (empty when none are set)."""
+        return self.tasks.get(task_name) or TaskKnobs()
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment, turning a validation error into a clear message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"JOBS_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return load_settings()

@@ -1,0 +1,220 @@
+"""``JobTask``: the one Celery base class; it runs every job through the policy chain.
+
+A task body never sees Celery's retry/ack machinery: the runner turns its result or exception
+into one durable outcome (done, skipped, retried, deferred, dead-lettered) and returns
+normally, so Celery acknowledges the message only after that outcome is stored. If the outcome
+cannot be stored (broker down), the message is rejected back to its queue instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import structlog
+from celery import Task
+from celery.exceptions import Reject
+
+from workers import publisher
+from workers.canonical import derive_key
+from workers.errors import ConfigurationError, Defer, Settled
+from workers.failpoints import failpoint
+from workers.job import HEADER, Job, Outcome
+from workers.policies import DEFAULT_POLICIES, Execution, Policy, declared_options
+from workers.settings import get_settings
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = structlog.get_logger("jobs.task")
+
+_current_job: ContextVar[Job | None] = ContextVar("current_job", default=None)
+
+
+def current_job() -> Job:
+    """The job being run by this worker thread (its key, attempt, id...)."""
+    job = _current_job.get()
+    if job is None:
+        raise RuntimeError("not running inside a job (current_job() is only set by the worker)")
+    return job
+
+
+def current_key() -> str:
+    """The idempotency key of the job being run: use it to gate side effects (UNIQUE column)."""
+    return current_job().key
+
+
+#: Options the decorator itself understands (the rest must be declared by a policy).
+TASK_OPTIONS = frozenset({"name", "queue", "time_limit", "priority"})
+
+
+class JobTask(Task):  # type: ignore[misc]
+    """Base class of every job: idempotent execution, retries, dead letters."""
+
+    Request = "workers.request:JobRequest"
+    #: Policy options of this task (defaults filled in by :func:`job`).
+    policy_options: dict[str, Any] = {}  # noqa: RUF012 - overridden per task class
+    policies: tuple[Policy, ...] = DEFAULT_POLICIES
+    default_priority: int | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body through the policy chain (a direct call just runs the body)."""
+        request = self.request
+        if request.called_directly:
+            return self.run(*args, **kwargs)
+        delivery = request.delivery_info or {}
+        job = Job.from_header(
+            getattr(request, HEADER, None),
+            job_id=request.id,
+            task=self.name,
+            queue=delivery.get("routing_key") or self.queue or "default",
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            priority=delivery.get("priority"),
+            fallback_key=derive_key(self.name, args, kwargs),
+        )
+        execution = Execution(
+            app=self.app,
+            settings=get_settings(),
+            options=self.resolved_options(),
+            time_limit=float(self.time_limit or get_settings().time_limit),
+            func=self.run,
+        )
+        structlog.contextvars.bind_contextvars(
+            task_id=job.id, task=job.task, attempt=job.attempt, key=job.key
+        )
+        token = _current_job.set(job)
+        try:
+            run_job(self.policies, job, execution, lambda: self.run(*args, **kwargs))
+        except Exception as exc:
+            # The outcome could not be stored (e.g. the broker is down): keep the message.
+            log.exception("job_outcome_not_stored", error=type(exc).__name__)
+            raise Reject(f"outcome not stored: {exc}", requeue=True) from exc
+        finally:
+            _current_job.reset(token)
+            structlog.contextvars.unbind_contextvars("task_id", "task", "attempt", "key")
+        return None
+
+    def resolved_options(self) -> dict[str, Any]:
+        """This task's policy options: decorator values, then ``JOBS_TASKS`` overrides."""
+        settings = get_settings()
+        knobs = settings.knobs_for(self.name)
+        options = {
+            "max_attempts": settings.max_attempts,
+            "retry_base": settings.retry_base,
+            "retry_cap": settings.retry_cap,
+            **self.policy_options,
+        }
+        for name in ("max_attempts", "retry_base", "retry_cap"):
+            value = getattr(knobs, name)
+            if value is not None:
+                options[name] = value
+        return options
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: Any = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Enqueue through admission (dedup, publish); internal re-publishes bypass it."""
+        if options.pop("_jobs_internal", False):
+            return super().apply_async(
+                args, kwargs, task_id, producer, link, link_error, shadow, **options
+            )
+        from workers import admission  # noqa: PLC0415 - admission imports this module
+
+        ref = admission.enqueue(
+            self,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            key=options.pop("key", None),
+            queue=options.pop("queue", None),
+            priority=options.pop("priority", None),
+            countdown=options.pop("countdown", None),
+            eta=options.pop("eta", None),
+        )
+        return self.AsyncResult(ref.id)
+
+
+def run_job(
+    policies: tuple[Policy, ...], job: Job, execution: Execution, body: Callable[[], Any]
+) -> Outcome:
+    """Run ``body`` for ``job`` inside ``policies`` (before in order, after_* in reverse)."""
+    entered: list[Policy] = []
+    try:
+        for policy in policies:
+            policy.before(job, execution)
+            entered.append(policy)
+        body()
+        failpoint("after_side_effect")
+    except Settled:
+        return job.outcome or Outcome.SKIPPED
+    except Exception as exc:
+        if isinstance(exc, Defer):
+            defer(job, execution, exc)
+        else:
+            log.warning("job_failed", error=type(exc).__name__, detail=str(exc)[:200])
+        for policy in reversed(entered):
+            policy.after_failure(job, execution, exc)
+        return job.outcome or Outcome.DEAD
+    for policy in reversed(entered):
+        policy.after_success(job, execution)
+    job.outcome = Outcome.DONE
+    return job.outcome
+
+
+def defer(job: Job, execution: Execution, request: Defer) -> None:
+    """Re-publish ``job`` ``request.seconds`` later, same attempt (no attempt spent)."""
+    publisher.publish(execution.app, [job.next_publication()], delay=request.seconds)
+    job.outcome = Outcome.DEFERRED
+    log.info("job_deferred", seconds=round(request.seconds, 3), reason=request.reason)
+
+
+def job(
+    *,
+    name: str,
+    queue: str = "default",
+    time_limit: float | None = None,
+    priority: int | None = None,
+    **options: Any,
+) -> Callable[[Callable[P, R]], JobTask]:
+    """Declare a job: ``@job(name="webhooks.deliver", queue="webhooks", max_attempts=10)``.
+
+    ``name`` is the wire name (a contract with queued messages and dead letters). Unknown
+    options are an error here, at declaration, not a silent no-op.
+    """
+    unknown = set(options) - declared_options()
+    if unknown:
+        known = sorted(declared_options() | TASK_OPTIONS)
+        raise ConfigurationError(
+            f"The following job options are undefined: {sorted(unknown)} (known: {known})"
+        )
+
+    def decorate(func: Callable[P, R]) -> JobTask:
+        from workers.app import app  # noqa: PLC0415 - the app includes task modules by string
+
+        settings = get_settings()
+        limit = settings.knobs_for(name).time_limit or time_limit or settings.time_limit
+        task: JobTask = app.task(
+            name=name,
+            base=JobTask,
+            queue=queue,
+            time_limit=limit,
+            soft_time_limit=limit * 0.9,
+            policy_options=dict(options),
+            default_priority=priority,
+            typing=False,
+        )(func)
+        return task
+
+    return decorate

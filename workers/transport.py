@@ -1,0 +1,307 @@
+"""Reliable Redis transport: kombu's Redis transport with an atomic fetch and a delayed store.
+
+Stock kombu pops a message with BRPOP and only then records it as unacknowledged, so a worker
+killed in between loses it. Here a Lua script pops the message and records it in this
+consumer's in-flight hash in one step (``fetch.lua``); when every queue is empty the consumer
+blocks on wake-up tokens that publishers push, so idle latency stays low. A consumer's in-flight
+messages go back to their queue when it acknowledges nothing (reject/requeue), shuts down warm,
+or stops heart-beating (recovered by any other worker's housekeeping).
+
+Messages published with a future ``eta`` go to the delayed store (a sorted set) instead of the
+queue, so no worker holds ETA messages in memory and no visibility timeout is involved.
+
+Also: one Redis client per channel instead of one per publish/ack (kombu builds a new
+``redis.Redis`` for each, ~55 µs measured).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cached_property
+from queue import Empty
+from typing import TYPE_CHECKING, Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis.exceptions import NoScriptError
+
+from workers import keys
+from workers.failpoints import failpoint
+from workers.scripts import Scripts, source
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: Content type given to a queue entry that is not a kombu envelope at all (garbage bytes).
+GARBAGE_CONTENT_TYPE = "application/x-jobs-undecodable"
+#: Wake tokens kept per queue: enough to wake every idle consumer of a burst.
+WAKE_TOKENS = 64
+#: kombu's separator between a queue name and its priority suffix.
+PRIORITY_SEP = "\x06\x16"
+
+_FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdigest()
+
+#: Consumer ids in this process; the housekeeping thread heart-beats them.
+ACTIVE_CONSUMERS: set[str] = set()
+_active_lock = threading.Lock()
+
+
+def queue_of(list_key: str) -> str:
+    """The queue name of a (possibly priority-suffixed) list key."""
+    return list_key.split(PRIORITY_SEP, 1)[0]
+
+
+def due_time(message: dict[str, Any]) -> float | None:
+    """The unix time a message is due at, if its Celery ``eta`` header is in the future."""
+    headers = message.get("headers") or {}
+    eta = headers.get("eta")
+    if not eta:
+        return None
+    moment = datetime.fromisoformat(eta)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    due = moment.timestamp()
+    return due if due > time.time() else None
+
+
+def garbage_envelope(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
+    """Wrap bytes that are not a kombu envelope so the consumer can dead-letter them."""
+    return {
+        "body": base64.b64encode(raw).decode(),
+        "content-encoding": "binary",
+        "content-type": GARBAGE_CONTENT_TYPE,
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": tag,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+
+
+def decode_fetched(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
+    """The kombu envelope of a fetched entry, or a garbage envelope when it is not one."""
+    try:
+        message = loads(bytes_to_str(raw))
+    except (ValueError, UnicodeDecodeError):
+        return garbage_envelope(raw, tag, queue)
+    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict):
+        return garbage_envelope(raw, tag, queue)
+    return message
+
+
+class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """Acknowledgement bookkeeping on the consumer's in-flight hash (written by ``fetch.lua``)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Track the delivery locally; ``fetch.lua`` already recorded it in Redis."""
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        """Forget the message: it has a durable outcome."""
+        self.channel.inflight_forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:  # noqa: FBT001, FBT002
+        """Requeue at the front, or forget."""
+        if requeue:
+            self.channel.inflight_restore(delivery_tag)
+        else:
+            self.channel.inflight_forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:  # noqa: ARG002 - kombu's signature
+        """Warm shutdown: every unacknowledged message goes back to its queue."""
+        self.channel.inflight_restore(None)
+        self._delivered.clear()
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:  # noqa: ARG002, FBT001, FBT002
+        """Requeue one message at the front of its queue."""
+        self.channel.inflight_restore(tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """Disabled: heartbeat-based recovery replaces the visibility timeout."""
+
+
+class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
+    """A kombu Redis channel whose fetch is atomic and whose delays live in Redis."""
+
+    QoS = ReliableQoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Give the channel a consumer id: ``<host>:<pid>:<random>``."""
+        super().__init__(*args, **kwargs)
+        self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._waiting_for_wake = False
+
+    # -- one client per channel --------------------------------------------------------------
+
+    @cached_property
+    def _shared_client(self) -> Any:
+        return self._create_client()
+
+    @cached_property
+    def _scripts(self) -> Scripts:
+        return Scripts(self._shared_client)
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """The given client, or this channel's shared one (thread-safe via its pool)."""
+        yield client or self._shared_client
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    @property
+    def inflight_key(self) -> str:
+        """This consumer's in-flight hash."""
+        return keys.inflight(self.consumer_id)
+
+    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
+        """Start consuming; the consumer id is heart-beaten from now on."""
+        with _active_lock:
+            ACTIVE_CONSUMERS.add(self.consumer_id)
+        return super().basic_consume(*args, **kwargs)
+
+    def close(self) -> None:
+        """Stop heart-beating this consumer (its unacked messages are restored by kombu)."""
+        try:
+            super().close()
+        finally:
+            with _active_lock:
+                ACTIVE_CONSUMERS.discard(self.consumer_id)
+
+    def _list_keys(self, queues: list[str]) -> list[str]:
+        return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        if self._waiting_for_wake:
+            wake_keys = [keys.wake(queue) for queue in queues]
+            self.client.connection.send_command("BRPOP", *wake_keys, timeout or 0)
+            return
+        list_keys = self._list_keys(queues)
+        self.client.connection.send_command(
+            "EVALSHA",
+            _FETCH_SHA,
+            2 + len(list_keys),
+            self.inflight_key,
+            keys.consumers(),
+            *list_keys,
+            self.consumer_id,
+            repr(time.time()),
+        )
+
+    def _brpop_read(self, **options: Any) -> bool:
+        command = "BRPOP" if self._waiting_for_wake else "EVALSHA"
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, command, **options)
+            except NoScriptError:
+                self._shared_client.script_load(source("fetch"))
+                raise Empty from None
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if self._waiting_for_wake:
+                self._waiting_for_wake = False
+                raise Empty
+            if not reply:
+                self._waiting_for_wake = True
+                raise Empty
+            self._deliver_fetched(reply)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _deliver_fetched(self, reply: list[bytes]) -> None:
+        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
+        queue = queue_of(list_key)
+        self._queue_cycle.rotate(queue)
+        failpoint("after_fetch")
+        self.connection._deliver(decode_fetched(raw, tag, queue), queue)  # noqa: SLF001
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        reply = self._scripts.fetch(
+            keys=[self.inflight_key, keys.consumers(), *self._list_keys([queue])],
+            args=[self.consumer_id, repr(time.time())],
+        )
+        if not reply:
+            raise Empty
+        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
+        return decode_fetched(raw, tag, queue_of(list_key))
+
+    # -- in-flight bookkeeping ----------------------------------------------------------------
+
+    def inflight_forget(self, delivery_tag: str) -> None:
+        """Drop an acknowledged message from the in-flight hash."""
+        self._shared_client.hdel(self.inflight_key, delivery_tag)
+
+    def inflight_restore(self, delivery_tag: str | None) -> int:
+        """Put one (or, with ``None``, every) in-flight message back at the front of its queue."""
+        return int(
+            self._scripts.restore(
+                keys=[self.inflight_key, keys.consumers()],
+                args=[self.consumer_id, delivery_tag or "", keys.wake(""), PRIORITY_SEP],
+            )
+        )
+
+    def inflight_defer(self, delivery_tag: str, due: float) -> bool:
+        """Move an in-flight message to the delayed store, due at ``due`` (unix seconds)."""
+        return bool(
+            self._scripts.defer(keys=[self.inflight_key, keys.delayed()], args=[delivery_tag, due])
+        )
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if self._expires and queue in self._expires:
+            super()._put(queue, message, **kwargs)
+            return
+        batch = kwargs.pop("_publish_batch", None)
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        due = due_time(message)
+        if due is not None:
+            message["headers"]["eta"] = None  # the promoter delivers it on time
+            commands: list[tuple[str, tuple[Any, ...]]] = [
+                ("zadd", (keys.delayed(), {f"{key}\n{dumps(message)}": due}))
+            ]
+        else:
+            wake = keys.wake(queue)
+            commands = [
+                ("lpush", (key, dumps(message))),
+                ("lpush", (wake, "1")),
+                ("ltrim", (wake, 0, WAKE_TOKENS - 1)),
+            ]
+        if batch is not None:
+            for name, args in commands:
+                batch.add(name, *args)
+            return
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            pipe.execute()
+
+
+class ReliableRedisTransport(kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport with :class:`ReliableChannel`."""
+
+    Channel = ReliableChannel
