@@ -1,0 +1,142 @@
+"""Shared test set-up: real Redis and PostgreSQL (reused or embedded), one database per session.
+
+Services: ``JOBS_TEST_REDIS_URL`` / ``JOBS_TEST_DATABASE_URL`` if set, else the standard
+local ports, else embedded servers started here (``ops.services``). A missing service fails
+the run; nothing is skipped. Redis uses its own DB number, flushed around every test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ops.services import Services, ensure_services, libpq_url
+
+_DATA = Path(tempfile.mkdtemp(prefix="jobs-tests-"))
+_SERVICES: Services | None = None
+TEST_REDIS_DB = 9
+
+TEST_TABLES = """
+CREATE TABLE IF NOT EXISTS test_effects (
+    key text PRIMARY KEY, name text NOT NULL, hits int NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS test_runs (
+    id bigserial PRIMARY KEY, name text NOT NULL, attempt int NOT NULL, pid int NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp());
+"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Find or start services and point every JOBS_* setting at a fresh test database."""
+    global _SERVICES  # noqa: PLW0603
+    _SERVICES = ensure_services(
+        _DATA,
+        redis_url=os.environ.get("JOBS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        database_url=os.environ.get(
+            "JOBS_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    name = f"jobs_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(_SERVICES.database_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = _SERVICES.database_url.rsplit("/", 1)[0] + f"/{name}"
+    redis_url = _SERVICES.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    os.environ.update(
+        JOBS_REDIS_URL=redis_url,
+        JOBS_DATABASE_URL=database_url,
+        JOBS_EXTRA_TASK_MODULES='["tests.tasks"]',
+        JOBS_CONSUMER_DEAD_AFTER="3",
+        JOBS_CLAIM_LEASE_MARGIN="1",
+        JOBS_DEAD_LETTER_RETRY_DELAY="1",
+        JOBS_LOG_LEVEL="INFO",
+    )
+    os.environ.pop("JOBS_BROKER_URL", None)
+    from workers.migrate import upgrade  # noqa: PLC0415 - after the environment is set
+
+    upgrade(database_url)
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute(TEST_TABLES)
+    config.stash[_DB_KEY] = (name, database_url)
+
+
+_DB_KEY = pytest.StashKey[tuple[str, str]]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the session database and stop whatever we started."""
+    name, _ = config.stash.get(_DB_KEY, ("", ""))
+    if _SERVICES is not None:
+        from workers import resources  # noqa: PLC0415
+
+        resources.dispose()
+        if name:
+            try:
+                with psycopg.connect(libpq_url(_SERVICES.database_url), autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except psycopg.Error:
+                pass
+        _SERVICES.stop()
+    shutil.rmtree(_DATA, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(pytestconfig: pytest.Config) -> str:
+    """SQLAlchemy URL of this session's migrated database."""
+    return pytestconfig.stash[_DB_KEY][1]
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test database; tables emptied before the test."""
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute("TRUNCATE dead_letters, demo_payments, test_effects, test_runs RESTART IDENTITY")
+        yield conn
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Any]:
+    """The test Redis DB, flushed before and after the test."""
+    from workers import resources  # noqa: PLC0415
+
+    client = resources.redis_client()
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def clean(db: psycopg.Connection[Any], redis_client: Any) -> tuple[Any, Any]:
+    """Empty tables and Redis DB."""
+    return db, redis_client
+
+
+@pytest.fixture
+def worker_env() -> dict[str, str]:
+    """Environment for worker subprocesses (same services, same database)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Factory of worker processes; every one started is stopped after the test."""
+    from tests.support.worker import Worker  # noqa: PLC0415
+
+    started: list[Worker] = []
+
+    def start(**kwargs: Any) -> Worker:
+        wait = kwargs.pop("wait", True)
+        worker = Worker(worker_env, tmp_path, **kwargs)
+        started.append(worker)
+        return worker.start(wait=wait)
+
+    yield start
+    for worker in started:
+        worker.stop(timeout=10)
