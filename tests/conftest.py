@@ -22,7 +22,28 @@ from ops.services import Services, ensure_services, libpq_url
 
 _DATA = Path(tempfile.mkdtemp(prefix="jobs-tests-"))
 _SERVICES: Services | None = None
-TEST_REDIS_DB = 9
+#: Redis DB numbers test sessions may use; each session claims one (concurrent runs on one
+#: shared Redis must not flush each other's queues).
+TEST_REDIS_DBS = range(8, 16)
+_LOCK_TTL = 3 * 3600
+
+
+def claim_redis_db(server_url: str) -> int:
+    """Claim a free test DB number on the server (lock keys live in DB 0)."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(server_url.rsplit("/", 1)[0] + "/0")
+    for number in TEST_REDIS_DBS:
+        if client.set(f"jobs-tests:db:{number}", os.getpid(), nx=True, ex=_LOCK_TTL):
+            return number
+    raise RuntimeError(f"every test Redis DB {list(TEST_REDIS_DBS)} is claimed by another run")
+
+
+def release_redis_db(server_url: str, number: int) -> None:
+    """Give the DB number back."""
+    import redis  # noqa: PLC0415
+
+    redis.Redis.from_url(server_url.rsplit("/", 1)[0] + "/0").delete(f"jobs-tests:db:{number}")
 
 TEST_TABLES = """
 CREATE TABLE IF NOT EXISTS test_effects (
@@ -48,7 +69,9 @@ def pytest_configure(config: pytest.Config) -> None:
     with psycopg.connect(libpq_url(_SERVICES.database_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     database_url = _SERVICES.database_url.rsplit("/", 1)[0] + f"/{name}"
-    redis_url = _SERVICES.redis_url.rsplit("/", 1)[0] + f"/{TEST_REDIS_DB}"
+    redis_db = claim_redis_db(_SERVICES.redis_url)
+    config.stash[_REDIS_DB_KEY] = redis_db
+    redis_url = _SERVICES.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
     os.environ.update(
         JOBS_REDIS_URL=redis_url,
         JOBS_DATABASE_URL=database_url,
@@ -68,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _DB_KEY = pytest.StashKey[tuple[str, str]]()
+_REDIS_DB_KEY = pytest.StashKey[int]()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -76,7 +100,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _SERVICES is not None:
         from workers import resources  # noqa: PLC0415
 
-        resources.dispose()
+        resources.engine().dispose()  # close pooled connections (no ResourceWarning at exit)
+        if _REDIS_DB_KEY in config.stash:
+            release_redis_db(_SERVICES.redis_url, config.stash[_REDIS_DB_KEY])
         if name:
             try:
                 with psycopg.connect(libpq_url(_SERVICES.database_url), autocommit=True) as conn:

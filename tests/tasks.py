@@ -68,3 +68,9 @@ def kill_self(*, name: str) -> None:
     """Log the attempt and SIGKILL this worker process (a job that crashes its worker)."""
     log_run(name)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job(name="tests.fail_permanently", queue="default", time_limit=20)
+def fail_permanently(*, name: str) -> None:
+    """Fail permanently without touching the database."""
+    raise PermanentError(f"{name}: declined")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Engine, Select, Text, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -20,9 +20,9 @@ from workers.errors import DeadLetterUnavailable
 from workers.redaction import redact, redact_text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
 
-    from sqlalchemy import Engine, Row
+    from sqlalchemy import Connection, Row
 
 #: Machine-readable dead-letter reasons.
 REASONS = frozenset(
@@ -106,11 +106,11 @@ def write(engine: Engine, record: DeadLetterRecord) -> int:
         "fingerprint": record.fingerprint,
         "raw_message": record.raw_message,
     }
-    statement = insert(dead_letters).values(values)
-    statement = statement.on_conflict_do_update(
+    inserting = insert(dead_letters).values(values)
+    statement = inserting.on_conflict_do_update(
         index_elements=[dead_letters.c.job_id],
         set_={
-            **{k: statement.excluded[k] for k in values if k != "job_id"},
+            **{k: inserting.excluded[k] for k in values if k != "job_id"},
             "status": "dead",
             "failure_count": dead_letters.c.failure_count + 1,
             "last_failed_at": func.now(),
@@ -202,9 +202,11 @@ def stats(engine: Engine, selector: Selector) -> dict[str, list[tuple[str, int]]
     result: dict[str, list[tuple[str, int]]] = {}
     with engine.connect() as conn:
         for name, column in (("task", c.task_name), ("fingerprint", c.fingerprint)):
-            query = selector.apply(
-                select(column, func.count().label("n")).select_from(dead_letters)
-            ).group_by(column).order_by(func.count().desc(), column)
+            query = (
+                selector.apply(select(column, func.count().label("n")).select_from(dead_letters))
+                .group_by(column)
+                .order_by(func.count().desc(), column)
+            )
             result[name] = [(str(row[0]), int(row[1])) for row in conn.execute(query)]
     return result
 
@@ -224,6 +226,42 @@ def mark_replayed(engine: Engine, entry_id: int, *, queue: str, by: str) -> None
                 replay_history=c.replay_history.concat([event]),
             )
         )
+
+
+def mark_replayed_many(
+    bind: Engine | Connection, ids: Collection[int], *, queue: str | None, by: str
+) -> int:
+    """Record one replay on every row of ``ids`` with a single UPDATE; returns rows updated.
+
+    ``queue=None`` records each row's own queue. Given a :class:`Connection`, the update joins
+    its transaction: the replay publishes inside it, so a replayed job that dies again before
+    the commit waits on the row lock and its new failure is not overwritten by this mark.
+    """
+    if not ids:
+        return 0
+    c = dead_letters.c
+    event = func.jsonb_build_object(
+        "at",
+        literal(datetime.now(UTC).isoformat(), Text),
+        "queue",
+        literal(queue, Text) if queue else c.queue,
+        "by",
+        literal(by, Text),
+    )
+    statement = (
+        update(dead_letters)
+        .where(c.id.in_(list(ids)))
+        .values(
+            status="replayed",
+            replay_count=c.replay_count + 1,
+            last_replayed_at=func.now(),
+            replay_history=c.replay_history.concat(func.jsonb_build_array(event)),
+        )
+    )
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            return int(conn.execute(statement).rowcount)
+    return int(bind.execute(statement).rowcount)
 
 
 def purge(engine: Engine, selector: Selector) -> int:

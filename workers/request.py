@@ -38,7 +38,9 @@ class JobRequest(Request):  # type: ignore[misc]
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:  # noqa: FBT001, FBT002
         """A child that died mid-job: release its claim, then Celery requeues the message."""
-        if isinstance(exc_info.exception, WorkerLostError):
+        exc = exc_info.exception
+        exc = getattr(exc, "exc", exc)  # unwrap billiard's ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt):
             log.warning("job_worker_lost", task_id=self.id, task=self.name, pid=self.worker_pid)
             self._release_dead_child_claim()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)

@@ -1,0 +1,44 @@
+"""Worker crashes: SIGKILL mid-task, a job that kills its own worker, crash failpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jobs
+from tests import tasks
+from tests.integration.test_execution import dead, effects, runs
+from tests.support.worker import wait_for
+
+
+def test_a_worker_sigkilled_mid_task_has_the_task_completed_exactly_once_by_a_new_worker(
+    clean: Any, workers: Any
+) -> None:
+    """Given a task sleeping inside its body, when the whole worker is SIGKILLed, then after a
+    new worker starts the task completes, and its side effect exists exactly once."""
+    db, redis_client = clean
+    first = workers(concurrency=1)
+    jobs.enqueue(tasks.record, name="sleepy", sleep=3)
+    wait_for(lambda: runs(db, "sleepy"), 20, "task started")
+    first.kill_all()
+    assert effects(db, "sleepy") == []
+    workers(concurrency=1)
+    # recovery: heartbeat silence (3 s) + claim lease (time limit 20 s + 1 s margin)
+    wait_for(lambda: effects(db, "sleepy"), 60, "task completed after restart")
+    time.sleep(1)
+    assert effects(db, "sleepy") == [("sleepy", 1)]
+    assert redis_client.zcard("jobs:delayed") == 0
+
+
+def test_a_job_that_kills_its_worker_runs_three_times_then_is_dead_lettered(
+    clean: Any, workers: Any
+) -> None:
+    """Given a job whose body SIGKILLs its pool process, then it runs 3 times (worker_lost_max)
+    and is dead-lettered as worker_lost_exhausted instead of looping forever."""
+    db, _ = clean
+    workers(concurrency=1)
+    jobs.enqueue(tasks.kill_self, name="suicidal")
+    wait_for(lambda: dead(db), 60, "dead letter")
+    assert dead(db)[0][:2] == ("tests.kill_self", "worker_lost_exhausted")
+    time.sleep(1)
+    assert len(runs(db, "suicidal")) == 3
