@@ -1,7 +1,7 @@
 """The job catalogue and the producer API: what application code imports.
 
-    import jobs
-    ref = jobs.enqueue(jobs.demo.charge_order, order_id=42, amount_cents=1999)
+import jobs
+ref = jobs.enqueue(jobs.demo.charge_order, order_id=42, amount_cents=1999)
 """
 
 from __future__ import annotations

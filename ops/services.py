@@ -104,14 +104,22 @@ class RedisProcess:
         self.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
             [
                 redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec",
-                "--maxmemory-policy", self.maxmemory_policy,
-                "--logfile", str(self.directory / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                self.maxmemory_policy,
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -185,7 +193,7 @@ class PostgresProcess:
         try:
             pwd.getpwnam(user)
         except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/bin/sh", user], check=True)  # noqa: S607
+            subprocess.run(["useradd", "-M", "-s", "/bin/sh", user], check=True)  # noqa: S603, S607
         return ["runuser", "-u", user, "--"]
 
     def _chown(self) -> None:
@@ -201,7 +209,11 @@ class PostgresProcess:
             while prefix != prefix.parent:
                 prefix.chmod(prefix.stat().st_mode | readable)
                 prefix = prefix.parent
-        for tree in (self.bin_dir(), self.bin_dir().parent / "lib", self.bin_dir().parent / "share"):
+        for tree in (
+            self.bin_dir(),
+            self.bin_dir().parent / "lib",
+            self.bin_dir().parent / "share",
+        ):
             if tree.exists():
                 for path in [tree, *tree.rglob("*")]:
                     path.chmod(path.stat().st_mode | readable)
@@ -216,7 +228,7 @@ class PostgresProcess:
         )  # stderr is attached to CalledProcessError for the caller
 
     def start(self) -> PostgresProcess:
-        """initdb on first start, then start and wait until it accepts connections."""
+        """Initdb on first start, then start and wait until it accepts connections."""
         data = self.directory / "data"
         self._run_as()  # creates the unprivileged user first when we are root
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -226,7 +238,17 @@ class PostgresProcess:
             self._pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         self._chown()
         options = f"-p {self.port} -h 127.0.0.1 -k {self.directory} -c fsync=off"
-        self._pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(self.directory / "pg.log"), "-w", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "pg.log"),
+            "-w",
+            "start",
+        )
         pid_file = data / "postmaster.pid"
         self.process_pid = int(pid_file.read_text().split()[0])
         _wait(lambda: postgres_answers(libpq_url(self.url)), f"postgres on port {self.port}")
@@ -259,8 +281,10 @@ class Services:
         embedded = {type(s).__name__ for s in self.started}
         return [
             f"Redis: {self.redis_url} ({'embedded' if 'RedisProcess' in embedded else 'reused'})",
-            f"PostgreSQL: {self.database_url.split('@')[-1]} "
-            f"({'embedded' if 'PostgresProcess' in embedded else 'reused'})",
+            (
+                f"PostgreSQL: {self.database_url.split('@')[-1]} "
+                f"({'embedded' if 'PostgresProcess' in embedded else 'reused'})"
+            ),
         ]
 
     def stop(self) -> None:
@@ -275,7 +299,7 @@ def ensure_services(
     redis_url: str = "redis://127.0.0.1:6379/0",
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
 ) -> Services:
-    """Reuse the given servers when they answer; otherwise start embedded ones under ``data_dir``."""
+    """Reuse the given servers when they answer; else start embedded ones under ``data_dir``."""
     services = Services(redis_url=redis_url, database_url=database_url)
     if not redis_answers(redis_url):
         server = RedisProcess(data_dir / "redis").start()

@@ -45,6 +45,7 @@ def release_redis_db(server_url: str, number: int) -> None:
 
     redis.Redis.from_url(server_url.rsplit("/", 1)[0] + "/0").delete(f"jobs-tests:db:{number}")
 
+
 TEST_TABLES = """
 CREATE TABLE IF NOT EXISTS test_effects (
     key text PRIMARY KEY, name text NOT NULL, hits int NOT NULL DEFAULT 1,
@@ -123,7 +124,9 @@ def database_url(pytestconfig: pytest.Config) -> str:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test database; tables emptied before the test."""
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        conn.execute("TRUNCATE dead_letters, demo_payments, test_effects, test_runs RESTART IDENTITY")
+        conn.execute(
+            "TRUNCATE dead_letters, demo_payments, test_effects, test_runs RESTART IDENTITY"
+        )
         yield conn
 
 

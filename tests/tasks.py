@@ -44,7 +44,14 @@ def effect(name: str) -> None:
         )
 
 
-@job(name="tests.record", queue="default", time_limit=20, max_attempts=3, retry_base=0.3, retry_cap=2.0)
+@job(
+    name="tests.record",
+    queue="default",
+    time_limit=20,
+    max_attempts=3,
+    retry_base=0.3,
+    retry_cap=2.0,
+)
 def record(*, name: str, sleep: float = 0.0, fail_times: int = 0, permanent: bool = False) -> None:
     """Log the attempt; optionally sleep, fail ``fail_times`` times or fail permanently."""
     attempt = log_run(name)

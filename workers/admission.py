@@ -182,11 +182,15 @@ def _admit(task: JobTask, jobs: list[Job], delay: float) -> list[JobRef]:
     except publisher.REDIS_ERRORS as exc:
         raise BrokerUnavailable(f"broker unavailable, job not enqueued: {exc}") from exc
     return [
-        JobRef(id=reply.decode(), key=job.key, queue=job.queue, deduplicated=True)
+        JobRef(id=_text(reply), key=job.key, queue=job.queue, deduplicated=True)
         if reply
         else JobRef(id=job.id, key=job.key, queue=job.queue)
         for job, reply in zip(jobs, replies, strict=True)
     ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _admit_via_celery(task: JobTask, job: Job, window_ms: int, delay: float) -> JobRef:
@@ -195,7 +199,7 @@ def _admit_via_celery(task: JobTask, job: Job, window_ms: int, delay: float) -> 
         if not client.set(keys.dedup(job.key), job.id, nx=True, px=window_ms):
             existing = client.get(keys.dedup(job.key))
             if existing:
-                return JobRef(id=existing.decode(), key=job.key, queue=job.queue, deduplicated=True)
+                return JobRef(id=_text(existing), key=job.key, queue=job.queue, deduplicated=True)
         try:
             publisher.publish(task.app, [job], delay=delay)
         except BrokerUnavailable:

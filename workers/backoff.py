@@ -6,11 +6,13 @@ import random
 
 
 def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:
-    """The largest delay after failed attempt ``attempt`` (1-based): ``min(cap, base * 2**(n-1))``."""
-    return min(cap, base * 2 ** max(attempt - 1, 0))
+    """The largest delay after failed attempt ``attempt`` (1-based): ``min(cap, base*2**(n-1))``."""
+    return float(min(cap, base * 2.0 ** max(attempt - 1, 0)))
 
 
-def full_jitter(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+def full_jitter(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
     """A delay drawn uniformly from ``[0, backoff_ceiling]`` (AWS "full jitter")."""
     ceiling = backoff_ceiling(attempt, base=base, cap=cap)
-    return (rng or random).uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
+    return float((rng or random).uniform(0, ceiling))

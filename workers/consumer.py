@@ -26,25 +26,28 @@ from workers.transport import GARBAGE_CONTENT_TYPE
 log = structlog.get_logger("jobs.consumer")
 
 
-def poison_record(message: Any, reason: str, exc: BaseException | None) -> deadletters.DeadLetterRecord:
+def poison_record(
+    message: Any, reason: str, exc: BaseException | None
+) -> deadletters.DeadLetterRecord:
     """A dead letter for a message that cannot run, keeping its raw bytes."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     delivery = message.delivery_info or {}
     body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
     job_id = str(headers.get("id") or message.delivery_tag)
-    record = deadletters.DeadLetterRecord(
+    return deadletters.DeadLetterRecord(
         job_id=job_id,
         task_name=str(headers.get("task") or "?"),
         queue=str(delivery.get("routing_key") or "?"),
         reason=reason,
-        idempotency_key=(headers.get("jobs") or {}).get("key") if isinstance(headers.get("jobs"), dict) else None,
+        idempotency_key=(headers.get("jobs") or {}).get("key")
+        if isinstance(headers.get("jobs"), dict)
+        else None,
         raw_message=base64.b64encode(body).decode(),
         exc_type=type(exc).__name__ if exc else None,
-        exc_message=(
-            f"{exc}" if exc else f"{reason}: content-type {message.content_type!r}"
-        )[:2000],
+        exc_message=(f"{exc}" if exc else f"{reason}: content-type {message.content_type!r}")[
+            :2000
+        ],
     )
-    return record
 
 
 class JobsConsumer(Consumer):  # type: ignore[misc]
@@ -88,4 +91,9 @@ class JobsConsumer(Consumer):  # type: ignore[misc]
             return
         failpoint("after_dead_letter")
         message.ack()
-        log.error("poison_message_dead_lettered", reason=reason, job_id=record.job_id, dead_letter_id=entry_id)
+        log.error(
+            "poison_message_dead_lettered",
+            reason=reason,
+            job_id=record.job_id,
+            dead_letter_id=entry_id,
+        )

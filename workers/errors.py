@@ -1,4 +1,4 @@
-"""Every exception the system raises, each with one meaning. The docstring is the default message."""
+"""Every exception the system raises, one meaning each. The docstring is the default message."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class InvalidArguments(PermanentError):
     reason = "invalid_args"
 
 
-class Retry(JobsError):  # noqa: N818 - a control-flow signal, named for what it asks
+class Retry(JobsError):
     """Retry this job after ``delay`` seconds (spends an attempt)."""
 
     def __init__(self, delay: float | None = None, message: str | None = None) -> None:
@@ -54,7 +54,7 @@ class Retry(JobsError):  # noqa: N818 - a control-flow signal, named for what it
         self.delay = delay
 
 
-class Defer(JobsError):  # noqa: N818 - a control-flow signal, named for what it asks
+class Defer(JobsError):
     """Run this job again after ``seconds`` without spending an attempt."""
 
     def __init__(self, seconds: float, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import redis
 import structlog
@@ -35,7 +34,7 @@ class Housekeeper:
         self.settings = settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: redis.Redis[Any] | None = None
+        self._client: redis.Redis | None = None
         self._scripts: Scripts | None = None
 
     def start(self) -> None:
@@ -88,7 +87,7 @@ class Housekeeper:
         """Record that this process's consumers are alive."""
         assert self._client is not None
         with _active_lock:
-            alive = {consumer: now for consumer in ACTIVE_CONSUMERS}
+            alive = dict.fromkeys(ACTIVE_CONSUMERS, now)
         if alive:
             self._client.zadd(keys.consumers(), alive)
 
@@ -100,7 +99,7 @@ class Housekeeper:
         dead = self._client.zrange(keys.consumers(), "-inf", repr(cutoff), byscore=True)
         restored = 0
         for raw_id in dead:
-            consumer = raw_id.decode()
+            consumer = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             count = int(
                 self._scripts.restore(
                     keys=[keys.inflight(consumer), keys.consumers()],

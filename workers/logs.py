@@ -20,7 +20,7 @@ _SECRET_KEYS = ("secret", "password", "token", "authorization", "api_key", "sign
 
 
 def redact_event(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: mask secret-named fields and passwords inside URLs."""
+    """Structlog processor: mask secret-named fields and passwords inside URLs."""
     for key, value in list(event_dict.items()):
         if any(name in key.lower() for name in _SECRET_KEYS):
             event_dict[key] = "***"

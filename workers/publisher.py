@@ -22,7 +22,7 @@ from workers.errors import BrokerUnavailable
 from workers.job import HEADER, Job
 from workers.redaction import safe_repr
 from workers.settings import get_settings
-from workers.transport import WAKE_TOKENS, PRIORITY_SEP
+from workers.transport import PRIORITY_SEP, WAKE_TOKENS
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -46,7 +46,11 @@ def list_key(queue: str, priority: int | None) -> str:
 def envelope(job: Job, *, time_limit: float | None = None) -> dict[str, Any]:
     """The kombu envelope of ``job`` exactly as Celery's ``apply_async`` would write it."""
     body = json.dumps(
-        [list(job.args), job.kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+        [
+            list(job.args),
+            job.kwargs,
+            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        ]
     )
     headers = {
         "lang": "py",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 #: Every queue the system consumes, in the order a default worker listens to them.
 QUEUE_NAMES = ("default", "webhooks", "maintenance", "cache", "buffers")
@@ -11,8 +11,13 @@ PRIORITY_RANGE = range(10)
 
 
 def declarations() -> tuple[Queue, ...]:
-    """kombu declarations: one direct exchange per queue, routing key = queue name."""
+    """Kombu declarations: one direct exchange per queue, routing key = queue name."""
     return tuple(
-        Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments={"x-max-priority": 10})
+        Queue(
+            name,
+            Exchange(name, type="direct"),
+            routing_key=name,
+            queue_arguments={"x-max-priority": 10},
+        )
         for name in QUEUE_NAMES
     )

@@ -6,9 +6,11 @@ import re
 from typing import Any
 
 #: Argument names whose values are never shown.
-SECRET_NAMES = re.compile(r"(secret|password|passwd|token|api[_-]?key|authorization|signature)", re.I)
+SECRET_NAMES = re.compile(
+    r"(secret|password|passwd|token|api[_-]?key|authorization|signature)", re.IGNORECASE
+)
 #: ``scheme://user:password@host`` → password hidden.
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.I)
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
 REDACTED = "***"
 
 

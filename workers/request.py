@@ -36,7 +36,9 @@ class JobRequest(Request):  # type: ignore[misc]
             except Exception:
                 log.exception("claim_release_failed", task_id=self.id)
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:  # noqa: FBT001, FBT002
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
         """A child that died mid-job: release its claim, then Celery requeues the message."""
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # unwrap billiard's ExceptionWithTraceback
@@ -45,7 +47,7 @@ class JobRequest(Request):  # type: ignore[misc]
             self._release_dead_child_claim()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
-    def on_timeout(self, soft: bool, timeout: float) -> None:  # noqa: FBT001
+    def on_timeout(self, soft: bool, timeout: float) -> None:
         """Hard time limit: the child was killed; requeue instead of acknowledging."""
         if soft:
             super().on_timeout(soft, timeout)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -20,18 +19,18 @@ from workers.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _pid: int | None = None
-_redis: redis.Redis[Any] | None = None
+_redis: redis.Redis | None = None
 _scripts: Scripts | None = None
 _engine: Engine | None = None
 
 
 def _ensure_process() -> None:
-    global _pid, _redis, _scripts, _engine  # noqa: PLW0603 - the per-process cache is the point
+    global _pid, _redis, _scripts, _engine
     if _pid != os.getpid():
         _pid, _redis, _scripts, _engine = os.getpid(), None, None, None
 
 
-def make_redis(url: str, settings: Settings) -> redis.Redis[Any]:
+def make_redis(url: str, settings: Settings) -> redis.Redis:
     """A Redis client that fails fast (socket timeouts, no silent retries) instead of hanging."""
     return redis.Redis.from_url(
         url,
@@ -42,7 +41,7 @@ def make_redis(url: str, settings: Settings) -> redis.Redis[Any]:
     )
 
 
-def redis_client() -> redis.Redis[Any]:
+def redis_client() -> redis.Redis:
     """This process's Redis client for our own state."""
     global _redis  # noqa: PLW0603
     with _lock:
@@ -91,7 +90,7 @@ def dispose() -> None:
         _pid = None
 
 
-def check_broker_safety(client: redis.Redis[Any], settings: Settings) -> None:
+def check_broker_safety(client: redis.Redis, settings: Settings) -> None:
     """Refuse a Redis that may evict queue keys, unless a volatile broker is explicitly allowed."""
     if settings.allow_volatile_broker:
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import redis
@@ -31,7 +31,7 @@ def source(name: str) -> str:
 class Scripts:
     """The scripts registered on one client; calls go through EVALSHA with NOSCRIPT fallback."""
 
-    def __init__(self, client: redis.Redis[Any]) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         """Register every script on ``client``."""
         self._scripts: dict[str, Script] = {n: client.register_script(source(n)) for n in NAMES}
 

@@ -115,7 +115,7 @@ class JobTask(Task):  # type: ignore[misc]
                 options[name] = value
         return options
 
-    def apply_async(
+    def apply_async(  # noqa: PLR0917 - Celery's own signature
         self,
         args: Any = None,
         kwargs: Any = None,

@@ -102,7 +102,7 @@ def decode_fetched(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
     return message
 
 
-class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
+class ReliableQoS(kombu_redis.QoS):
     """Acknowledgement bookkeeping on the consumer's in-flight hash (written by ``fetch.lua``)."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -114,7 +114,7 @@ class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
         self.channel.inflight_forget(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:  # noqa: FBT001, FBT002
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Requeue at the front, or forget."""
         if requeue:
             self.channel.inflight_restore(delivery_tag)
@@ -127,7 +127,7 @@ class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
         self.channel.inflight_restore(None)
         self._delivered.clear()
 
-    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:  # noqa: ARG002, FBT001, FBT002
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:  # noqa: ARG002
         """Requeue one message at the front of its queue."""
         self.channel.inflight_restore(tag)
 
@@ -135,7 +135,7 @@ class ReliableQoS(kombu_redis.QoS):  # type: ignore[misc]
         """Disabled: heartbeat-based recovery replaces the visibility timeout."""
 
 
-class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
+class ReliableChannel(kombu_redis.Channel):
     """A kombu Redis channel whose fetch is atomic and whose delays live in Redis."""
 
     QoS = ReliableQoS
@@ -192,7 +192,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu annotates None
         if self._waiting_for_wake:
             wake_keys = [keys.wake(queue) for queue in queues]
             self.client.connection.send_command("BRPOP", *wake_keys, timeout or 0)
@@ -229,7 +229,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
             self._deliver_fetched(reply)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset value
             self._flush_brpop_reauth()
 
     def _deliver_fetched(self, reply: list[bytes]) -> None:
@@ -239,7 +239,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
         failpoint("after_fetch")
         self.connection._deliver(decode_fetched(raw, tag, queue), queue)  # noqa: SLF001
 
-    def _get(self, queue: str) -> dict[str, Any]:
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:  # noqa: ARG002
         reply = self._scripts.fetch(
             keys=[self.inflight_key, keys.consumers(), *self._list_keys([queue])],
             args=[self.consumer_id, repr(time.time())],
@@ -301,7 +301,7 @@ class ReliableChannel(kombu_redis.Channel):  # type: ignore[misc]
             pipe.execute()
 
 
-class ReliableRedisTransport(kombu_redis.Transport):  # type: ignore[misc]
+class ReliableRedisTransport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`ReliableChannel`."""
 
     Channel = ReliableChannel

@@ -37,5 +37,10 @@ def run_python(code: str, env: dict[str, str], timeout: float = 60) -> Any:
     import sys  # noqa: PLC0415
 
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

@@ -19,10 +19,14 @@ def dead_letter_reasons(url: str) -> list[tuple[str, str]]:
 
 
 def test_a_dead_letter_written_while_postgres_is_down_is_kept_and_lands_after_it_returns(
-    clean: Any, worker_env: dict[str, str], tmp_path: Any, throwaway_postgres: tuple[PostgresProcess, str]
+    clean: Any,
+    worker_env: dict[str, str],
+    tmp_path: Any,
+    throwaway_postgres: tuple[PostgresProcess, str],
 ) -> None:
     """Given a worker whose PostgreSQL is stopped, when a job fails permanently and a poison
-    message arrives, then neither is dropped: both dead letters appear once PostgreSQL is back."""
+    message arrives, then neither is dropped: both dead letters appear once PostgreSQL is back.
+    """
     _, redis_client = clean
     server, url = throwaway_postgres
     env = {**worker_env, "JOBS_DATABASE_URL": url}
@@ -35,13 +39,26 @@ def test_a_dead_letter_written_while_postgres_is_down_is_kept_and_lands_after_it
         )
         assert run_python(produce, env).returncode == 0
         redis_client.lpush("default", b"garbage while postgres is down")
-        wait_for(lambda: b"dead_letter_store_unavailable" in worker.log_path.read_bytes(), 20, "write failed")
-        wait_for(lambda: b"poison_message_deferred" in worker.log_path.read_bytes(), 20, "poison kept")
+        wait_for(
+            lambda: b"dead_letter_store_unavailable" in worker.log_path.read_bytes(),
+            20,
+            "write failed",
+        )
+        wait_for(
+            lambda: b"poison_message_deferred" in worker.log_path.read_bytes(), 20, "poison kept"
+        )
         time.sleep(2)  # several retry rounds while the database is down
         server.start()
         wait_for(lambda: len(dead_letter_reasons(url)) == 2, 30, "both dead letters after recovery")
-        assert sorted(dead_letter_reasons(url)) == [("?", "decode_error"), ("tests.fail_permanently", "permanent_error")]
-        wait_for(lambda: redis_client.zcard("jobs:delayed") == 0 and redis_client.llen("default") == 0, 10, "nothing left")
+        assert sorted(dead_letter_reasons(url)) == [
+            ("?", "decode_error"),
+            ("tests.fail_permanently", "permanent_error"),
+        ]
+        wait_for(
+            lambda: redis_client.zcard("jobs:delayed") == 0 and redis_client.llen("default") == 0,
+            10,
+            "nothing left",
+        )
     finally:
         worker.stop()
 
@@ -50,7 +67,8 @@ def test_enqueue_against_a_frozen_redis_raises_broker_unavailable_within_about_a
     worker_env: dict[str, str], throwaway_redis: RedisProcess
 ) -> None:
     """Given a Redis frozen with SIGSTOP, when a producer enqueues, then it gets
-    BrokerUnavailable after about a second instead of hanging."""
+    BrokerUnavailable after about a second instead of hanging.
+    """
     env = {**worker_env, "JOBS_REDIS_URL": throwaway_redis.url}
     code = """
 import json, time, jobs
@@ -70,10 +88,15 @@ print(json.dumps({'outcome': outcome, 'seconds': time.monotonic() - started}), f
     import sys  # noqa: PLC0415
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         assert proc.stdout.readline().strip() == "READY"
         throwaway_redis.freeze()
         proc.stdin.write("go\n")
@@ -91,11 +114,14 @@ def test_a_redis_that_may_evict_keys_is_refused_by_workers_and_producers(
     worker_env: dict[str, str], tmp_path: Any
 ) -> None:
     """Given a Redis with maxmemory-policy allkeys-lru, then a worker refuses to start and
-    enqueue refuses to publish, both naming the policy and the opt-out setting."""
+    enqueue refuses to publish, both naming the policy and the opt-out setting.
+    """
     server = RedisProcess(tmp_path / "lru", maxmemory_policy="allkeys-lru").start()
     try:
         env = {**worker_env, "JOBS_REDIS_URL": server.url}
-        produced = run_python("import jobs; from tests import tasks; jobs.enqueue(tasks.record, name='x')", env)
+        produced = run_python(
+            "import jobs; from tests import tasks; jobs.enqueue(tasks.record, name='x')", env
+        )
         assert produced.returncode != 0
         assert "UnsafeBroker" in produced.stderr
         assert "allkeys-lru" in produced.stderr

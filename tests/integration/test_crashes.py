@@ -15,7 +15,8 @@ def test_a_worker_sigkilled_mid_task_has_the_task_completed_exactly_once_by_a_ne
     clean: Any, workers: Any
 ) -> None:
     """Given a task sleeping inside its body, when the whole worker is SIGKILLed, then after a
-    new worker starts the task completes, and its side effect exists exactly once."""
+    new worker starts the task completes, and its side effect exists exactly once.
+    """
     db, redis_client = clean
     first = workers(concurrency=1)
     jobs.enqueue(tasks.record, name="sleepy", sleep=3)
@@ -34,7 +35,8 @@ def test_a_job_that_kills_its_worker_runs_three_times_then_is_dead_lettered(
     clean: Any, workers: Any
 ) -> None:
     """Given a job whose body SIGKILLs its pool process, then it runs 3 times (worker_lost_max)
-    and is dead-lettered as worker_lost_exhausted instead of looping forever."""
+    and is dead-lettered as worker_lost_exhausted instead of looping forever.
+    """
     db, _ = clean
     workers(concurrency=1)
     jobs.enqueue(tasks.kill_self, name="suicidal")

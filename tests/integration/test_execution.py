@@ -14,21 +14,28 @@ from workers.job import Job
 
 def effects(db: Any, name: str | None = None) -> list[tuple[str, int]]:
     query = "SELECT name, hits FROM test_effects"
-    rows = db.execute(query + (" WHERE name = %s" if name else ""), (name,) if name else ()).fetchall()
+    rows = db.execute(
+        query + (" WHERE name = %s" if name else ""), (name,) if name else ()
+    ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
 
 def runs(db: Any, name: str) -> list[tuple[int, Any]]:
-    return db.execute("SELECT attempt, at FROM test_runs WHERE name = %s ORDER BY id", (name,)).fetchall()
+    return db.execute(
+        "SELECT attempt, at FROM test_runs WHERE name = %s ORDER BY id", (name,)
+    ).fetchall()
 
 
 def dead(db: Any) -> list[Any]:
     return db.execute(
-        "SELECT task_name, reason, attempts, exc_type, idempotency_key, kwargs FROM dead_letters ORDER BY id"
+        "SELECT task_name, reason, attempts, exc_type, idempotency_key, kwargs "
+        "FROM dead_letters ORDER BY id"
     ).fetchall()
 
 
-def test_an_enqueued_job_runs_in_a_worker_and_its_side_effect_is_in_postgres(clean: Any, workers: Any) -> None:
+def test_an_enqueued_job_runs_in_a_worker_and_its_side_effect_is_in_postgres(
+    clean: Any, workers: Any
+) -> None:
     """Given a worker, when a job is enqueued, then its side effect appears in PostgreSQL once."""
     db, _ = clean
     workers()
@@ -40,7 +47,8 @@ def test_an_enqueued_job_runs_in_a_worker_and_its_side_effect_is_in_postgres(cle
 
 def test_a_duplicate_enqueue_returns_the_first_id_and_runs_once(clean: Any, workers: Any) -> None:
     """Given a job enqueued with a key, when the same key is enqueued again, then the first id
-    comes back with deduplicated=True and the job runs once."""
+    comes back with deduplicated=True and the job runs once.
+    """
     db, redis_client = clean
     first = jobs.enqueue(tasks.record, name="dup", key="order-7")
     second = jobs.enqueue(tasks.record, name="dup", key="order-7")
@@ -53,11 +61,21 @@ def test_a_duplicate_enqueue_returns_the_first_id_and_runs_once(clean: Any, work
     assert len(runs(db, "dup")) == 1
 
 
-def test_the_same_message_delivered_twice_has_its_side_effect_once(clean: Any, workers: Any) -> None:
+def test_the_same_message_delivered_twice_has_its_side_effect_once(
+    clean: Any, workers: Any
+) -> None:
     """Given one job published twice by hand (same id and key), then the side effect happens once
-    and the second delivery is skipped as already done."""
+    and the second delivery is skipped as already done.
+    """
     db, redis_client = clean
-    job = Job(id="same-1", task="tests.record", key="same-key", queue="default", args=(), kwargs={"name": "twice"})
+    job = Job(
+        id="same-1",
+        task="tests.record",
+        key="same-key",
+        queue="default",
+        args=(),
+        kwargs={"name": "twice"},
+    )
     raw = json.dumps(publisher.envelope(job))
     redis_client.lpush("default", raw, raw)
     workers(concurrency=1)

@@ -19,13 +19,18 @@ def inflight_total(redis_client: Any) -> int:
 
 def settled(db: Any, redis_client: Any, expected: int) -> bool:
     done = db.execute("SELECT count(*) FROM test_effects").fetchone()[0]
-    return bool(done == expected and redis_client.llen("default") == 0 and inflight_total(redis_client) == 0)
+    return bool(
+        done == expected and redis_client.llen("default") == 0 and inflight_total(redis_client) == 0
+    )
 
 
-def test_ten_thousand_jobs_survive_five_sigkills_of_the_worker_main_process(clean: Any, workers: Any) -> None:
+def test_ten_thousand_jobs_survive_five_sigkills_of_the_worker_main_process(
+    clean: Any, workers: Any
+) -> None:
     """Given 10,000 jobs with a Postgres side effect, when the worker's main process is
     SIGKILLed 5 times during the drain (a new worker started after each kill), then every job's
-    side effect exists exactly once: 0 lost, 0 twice."""
+    side effect exists exactly once: 0 lost, 0 twice.
+    """
     db, redis_client = clean
     total = 10_000
     for start in range(0, total, 1000):
@@ -40,7 +45,10 @@ def test_ten_thousand_jobs_survive_five_sigkills_of_the_worker_main_process(clea
     rows, distinct, reruns = db.execute(
         "SELECT count(*), count(DISTINCT key), count(*) FILTER (WHERE hits > 1) FROM test_effects"
     ).fetchone()
-    print(f"\nFIGURE kill-drain: jobs={total} kills=5 effects={rows} distinct={distinct} body_reruns={reruns}")
+    print(
+        f"\nFIGURE kill-drain: jobs={total} kills=5 effects={rows} distinct={distinct} "
+        f"body_reruns={reruns}"
+    )
     assert rows == distinct == total
     assert reruns <= 5 * 2  # only jobs caught between side effect and done-mark may re-run
     assert dead(db) == []
@@ -54,11 +62,16 @@ def test_a_worker_killed_right_after_fetch_loses_nothing(
     clean: Any, workers: Any, failpoint: str, where: str
 ) -> None:
     """Given the failpoint after_fetch (worker main process SIGKILLs itself right after popping
-    a message), when a healthy worker starts, then the job is recovered and runs once."""
+    a message), when a healthy worker starts, then the job is recovered and runs once.
+    """
     db, _ = clean
     del where
     jobs.enqueue(tasks.record, name="fetched")
-    crashed = workers(concurrency=1, extra_env={"JOBS_FAILPOINT": failpoint, "JOBS_FAILPOINT_LIMIT": "1"}, wait=False)
+    crashed = workers(
+        concurrency=1,
+        extra_env={"JOBS_FAILPOINT": failpoint, "JOBS_FAILPOINT_LIMIT": "1"},
+        wait=False,
+    )
     wait_for(lambda: crashed.process.poll() is not None, 30, "worker crashed at the failpoint")
     assert effects(db, "fetched") == []
     workers(concurrency=1)
@@ -71,10 +84,14 @@ def test_a_worker_killed_after_the_side_effect_before_the_ack_does_not_repeat_it
 ) -> None:
     """Given the failpoint after_side_effect (the pool process dies after the body returned,
     before the key is marked done and the message acked), then the job is redelivered, the
-    UNIQUE key gates the side effect to one row, and the job ends done."""
+    UNIQUE key gates the side effect to one row, and the job ends done.
+    """
     db, redis_client = clean
     ref = jobs.enqueue(tasks.record, name="effected")
-    workers(concurrency=1, extra_env={"JOBS_FAILPOINT": "after_side_effect", "JOBS_FAILPOINT_LIMIT": "1"})
+    workers(
+        concurrency=1,
+        extra_env={"JOBS_FAILPOINT": "after_side_effect", "JOBS_FAILPOINT_LIMIT": "1"},
+    )
     wait_for(lambda: redis_client.exists(f"jobs:done:{ref.key}"), 30, "job done after redelivery")
     assert [name for name, _ in effects(db, "effected")] == ["effected"]
     assert dead(db) == []
@@ -84,12 +101,20 @@ def test_a_worker_killed_after_the_dead_letter_insert_before_the_ack_keeps_one_d
     clean: Any, workers: Any
 ) -> None:
     """Given the failpoint after_dead_letter, then the redelivered job updates the same dead
-    letter row instead of adding a second one."""
+    letter row instead of adding a second one.
+    """
     db, redis_client = clean
     jobs.enqueue(tasks.fail_permanently, name="dl-crash")
-    workers(concurrency=1, extra_env={"JOBS_FAILPOINT": "after_dead_letter", "JOBS_FAILPOINT_LIMIT": "1"})
-    wait_for(
-        lambda: db.execute("SELECT failure_count FROM dead_letters").fetchone() == (2,), 30, "re-recorded"
+    workers(
+        concurrency=1,
+        extra_env={"JOBS_FAILPOINT": "after_dead_letter", "JOBS_FAILPOINT_LIMIT": "1"},
     )
-    wait_for(lambda: redis_client.llen("default") == 0 and inflight_total(redis_client) == 0, 10, "acked")
+    wait_for(
+        lambda: db.execute("SELECT failure_count FROM dead_letters").fetchone() == (2,),
+        30,
+        "re-recorded",
+    )
+    wait_for(
+        lambda: redis_client.llen("default") == 0 and inflight_total(redis_client) == 0, 10, "acked"
+    )
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 1

@@ -21,9 +21,11 @@ class Exploit:
     """Unpickling this would run a shell command (it must never happen)."""
 
     def __init__(self, marker: Path) -> None:
+        """Remember where the exploit would write."""
         self.marker = marker
 
     def __reduce__(self) -> tuple[Any, ...]:
+        """Ask pickle to call os.system on load."""
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -42,7 +44,8 @@ def test_each_kind_of_poison_message_is_dead_lettered_with_its_reason(
 ) -> None:
     """Given garbage bytes, a pickle payload, an unknown task, arguments that don't bind and a
     JSON-typed body that is not JSON on the queue, then each lands in dead_letters with its
-    reason, the pickle is never executed, and a normal job after them still runs."""
+    reason, the pickle is never executed, and a normal job after them still runs.
+    """
     db, redis_client = clean
     marker = tmp_path / "pwned"
     pickled = envelope_for("tests.record", {"name": "x"}, "pickle-1")
@@ -68,7 +71,9 @@ def test_each_kind_of_poison_message_is_dead_lettered_with_its_reason(
     assert found["notjson-1"] == "decode_error"
     garbage = [reason for job_id, reason in found.items() if job_id.startswith("garbage:")]
     assert garbage == ["decode_error"]
-    raw = db.execute("SELECT raw_message FROM dead_letters WHERE job_id LIKE 'garbage:%'").fetchone()[0]
+    raw = db.execute(
+        "SELECT raw_message FROM dead_letters WHERE job_id LIKE 'garbage:%'"
+    ).fetchone()[0]
     assert base64.b64decode(raw) == poison[0]
     assert not marker.exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -51,10 +54,24 @@ class Worker:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-                    "-P", self.pool, "-c", str(self.concurrency), "-Q", self.queues,
-                    "-n", f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
-                    "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.app",
+                    "worker",
+                    "-P",
+                    self.pool,
+                    "-c",
+                    str(self.concurrency),
+                    "-Q",
+                    self.queues,
+                    "-n",
+                    f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "INFO",
                 ],
                 cwd=REPO,
                 env=self.env,
@@ -96,10 +113,8 @@ class Worker:
     def kill_all(self) -> None:
         """SIGKILL the main process and its pool children (the process group we created)."""
         if self.process is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(10)
 
     def stop(self, timeout: float = 20) -> None:
@@ -108,20 +123,14 @@ class Worker:
             self._reap_group()
             return
         os.kill(self.process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         self._reap_group()
 
     def _reap_group(self) -> None:
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass

@@ -52,7 +52,9 @@ class Retry:
             delay = full_jitter(
                 job.attempt, base=float(options["retry_base"]), cap=float(options["retry_cap"])
             )
-        publisher.publish(execution.app, [job.next_publication(attempt=job.attempt + 1)], delay=delay)
+        publisher.publish(
+            execution.app, [job.next_publication(attempt=job.attempt + 1)], delay=delay
+        )
         job.outcome = Outcome.RETRIED
         execution.retry_delay = delay
         log.warning("job_retry_scheduled", delay=round(delay, 3), error=type(exc).__name__)
