@@ -11,7 +11,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: Name of the message header carrying per-job state.
 HEADER = "jobs"
@@ -77,14 +80,14 @@ class Job:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         priority: int | None,
-        fallback_key: str,
+        fallback_key: Callable[[], str],
     ) -> Job:
         """Rebuild the job from a received message (a foreign producer may omit the header)."""
         header = header or {}
         return cls(
             id=job_id,
             task=task,
-            key=str(header.get("key") or fallback_key),
+            key=str(header.get("key") or fallback_key()),
             queue=queue,
             args=args,
             kwargs=kwargs,

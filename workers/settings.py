@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.errors import ConfigurationError
@@ -20,15 +20,19 @@ FAILPOINTS = frozenset(
 )
 
 
-class TaskKnobs(BaseSettings):
+class TaskKnobs(BaseModel):
     """Per-task overrides, e.g. ``JOBS_TASKS='{"webhooks.deliver": {"max_attempts": 10}}'``."""
 
-    model_config = SettingsConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_attempts: int | None = Field(default=None, ge=1)
     retry_base: float | None = Field(default=None, gt=0)
     retry_cap: float | None = Field(default=None, gt=0)
     time_limit: float | None = Field(default=None, gt=0)
+
+
+#: The knobs of a task without overrides (shared: building a model per job costs ~500 µs).
+NO_OVERRIDES = TaskKnobs()
 
 
 class Settings(BaseSettings):
@@ -120,7 +124,7 @@ class Settings(BaseSettings):
 
     def knobs_for(self, task_name: str) -> TaskKnobs:
         """The per-task overrides for ``task_name`` (empty when none are set)."""
-        return self.tasks.get(task_name) or TaskKnobs()
+        return self.tasks.get(task_name) or NO_OVERRIDES
 
 
 def load_settings() -> Settings:

@@ -75,7 +75,7 @@ class JobTask(Task):  # type: ignore[misc]
             args=tuple(args),
             kwargs=dict(kwargs),
             priority=delivery.get("priority"),
-            fallback_key=derive_key(self.name, args, kwargs),
+            fallback_key=lambda: derive_key(self.name, args, kwargs),
         )
         execution = Execution(
             app=self.app,
@@ -100,7 +100,17 @@ class JobTask(Task):  # type: ignore[misc]
         return None
 
     def resolved_options(self) -> dict[str, Any]:
-        """This task's policy options: decorator values, then ``JOBS_TASKS`` overrides."""
+        """This task's policy options: decorator values, then ``JOBS_TASKS`` overrides.
+
+        Settings are frozen per process, so the result is computed once per task.
+        """
+        cached: dict[str, Any] | None = self.__dict__.get("_resolved_options")
+        if cached is None:
+            cached = self._resolve_options()
+            self.__dict__["_resolved_options"] = cached
+        return cached
+
+    def _resolve_options(self) -> dict[str, Any]:
         settings = get_settings()
         knobs = settings.knobs_for(self.name)
         options = {
