@@ -1,0 +1,41 @@
+"""Declaring jobs and settings: mistakes are caught early with a message naming them."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.errors import ConfigurationError
+from workers.settings import load_settings
+from workers.task import job
+
+
+def test_an_unknown_job_option_is_refused_at_declaration() -> None:
+    """@job rejects options no policy declares, naming them (Celery would copy them silently)."""
+    with pytest.raises(ConfigurationError, match=r"undefined: \['max_atempts'\]"):
+        job(name="x.y", max_atempts=3)
+
+
+def test_invalid_settings_fail_with_a_message_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bad JOBS_* value raises ConfigurationError naming the variable, not a traceback dump."""
+    monkeypatch.setenv("JOBS_MAX_ATTEMPTS", "zero")
+    monkeypatch.setenv("JOBS_FAILPOINT", "nowhere")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "JOBS_MAX_ATTEMPTS" in message
+    assert "JOBS_FAILPOINT" in message
+    assert "unknown failpoint 'nowhere'" in message
+
+
+def test_broker_url_defaults_to_redis_and_amqp_urls_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without JOBS_BROKER_URL the broker is the Redis URL; a RabbitMQ URL switches transports."""
+    monkeypatch.delenv("JOBS_BROKER_URL", raising=False)
+    assert load_settings().broker_is_redis
+    monkeypatch.setenv("JOBS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    settings = load_settings()
+    assert settings.effective_broker_url.startswith("amqp://")
+    assert not settings.broker_is_redis
