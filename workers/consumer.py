@@ -10,7 +10,9 @@ is tried again later: nothing is dropped.
 from __future__ import annotations
 
 import base64
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,6 +26,9 @@ from workers.settings import get_settings
 from workers.transport import GARBAGE_CONTENT_TYPE
 
 log = structlog.get_logger("jobs.consumer")
+
+#: Largest random extra wait (seconds) added before a broker reconnect attempt.
+RECONNECT_JITTER_CAP = 10.0
 
 
 def poison_record(
@@ -50,8 +55,39 @@ def poison_record(
     )
 
 
+def jittered(
+    errback: Callable[[BaseException, float], None] | None,
+    *,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[[BaseException, float], None]:
+    """Wrap kombu's reconnect errback so each wait gets ``uniform(0, interval)`` added.
+
+    kombu's reconnect intervals are deterministic (2, 4, 6, ... s), so workers that lost the
+    broker together would reconnect together; the jitter spreads them out.
+    """
+
+    def errback_with_jitter(exc: BaseException, interval: float) -> None:
+        if errback is not None:
+            errback(exc, interval)
+        if interval > 0:
+            sleep((rng or random).uniform(0, min(interval, RECONNECT_JITTER_CAP)))
+
+    return errback_with_jitter
+
+
 class JobsConsumer(Consumer):  # type: ignore[misc]
     """Dead-letter decode errors, unknown tasks, disallowed content and malformed messages."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Connect with Celery's unbounded retry, plus jitter between attempts."""
+        ensure_connection = conn.ensure_connection
+
+        def ensure_connection_with_jitter(errback: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return ensure_connection(jittered(errback), *args, **kwargs)
+
+        conn.ensure_connection = ensure_connection_with_jitter
+        return super().ensure_connected(conn)
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         """Undecodable body (or bytes that are no message at all)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ops.cli import dlq, run
+from workers.errors import ConfigurationError
 
 app = typer.Typer(
     name="jobctl",
@@ -17,5 +18,9 @@ run.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: invalid settings end with one clear line, exit code 2."""
+    try:
+        app()
+    except ConfigurationError as exc:
+        typer.echo(f"jobctl: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -39,3 +39,22 @@ def test_broker_url_defaults_to_redis_and_amqp_urls_are_accepted(
     settings = load_settings()
     assert settings.effective_broker_url.startswith("amqp://")
     assert not settings.broker_is_redis
+
+
+def test_broker_reconnect_waits_get_random_jitter_up_to_the_interval() -> None:
+    """Each reconnect wait gets uniform(0, interval) more, so workers don't reconnect in step."""
+    import random  # noqa: PLC0415
+
+    from workers.consumer import jittered  # noqa: PLC0415
+
+    slept: list[float] = []
+    seen: list[float] = []
+    errback = jittered(
+        lambda _exc, interval: seen.append(interval), rng=random.Random(3), sleep=slept.append
+    )
+    for interval in (2.0, 4.0, 6.0, 0.0):
+        errback(ConnectionError("down"), interval)
+    assert seen == [2.0, 4.0, 6.0, 0.0]
+    assert len(slept) == 3  # no jitter for the immediate (0 s) failover attempt
+    assert all(0 <= s <= i for s, i in zip(slept, (2.0, 4.0, 6.0), strict=True))
+    assert len(set(slept)) == 3
