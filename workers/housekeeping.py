@@ -8,6 +8,7 @@ their queues. Every step is one atomic Lua script, safe with any number of worke
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -53,7 +54,8 @@ class Housekeeper:
         self._scripts = Scripts(self._client)
         last_beat = last_recovery = 0.0
         recovery_every = max(self.settings.consumer_dead_after / 4, 0.5)
-        while not self._stop.wait(self.settings.housekeeping_interval):
+        outage_wait = 0.0  # > 0 while Redis is unreachable: jittered exponential backoff
+        while not self._stop.wait(outage_wait or self.settings.housekeeping_interval):
             now = time.time()
             try:
                 self.promote_due(now)
@@ -63,8 +65,14 @@ class Housekeeper:
                 if now - last_recovery >= recovery_every:
                     self.recover_dead_consumers(now)
                     last_recovery = now
+                if outage_wait:
+                    log.info("housekeeping_redis_back")
+                    outage_wait = 0.0
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("housekeeping_redis_unavailable", error=str(exc))
+                if not outage_wait:
+                    log.warning("housekeeping_redis_unavailable", error=str(exc))
+                ceiling = min(max(outage_wait, self.settings.housekeeping_interval) * 2, 5.0)
+                outage_wait = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter
             except Exception:
                 log.exception("housekeeping_failed")
 
