@@ -76,3 +76,27 @@ class WorkerLostExhausted(PermanentError):
 
 class Settled(JobsError):
     """The job's outcome was decided before it ran (already done, or dead-lettered)."""
+
+
+class QueueFull(JobsError):
+    """The queue is over its high watermark; try again after ``retry_after`` seconds."""
+
+    def __init__(self, queue: str, depth: int, limit: int, retry_after: float) -> None:
+        """Name the queue, its depth, the limit and when to try again (HTTP 503 + Retry-After)."""
+        super().__init__(
+            f"queue {queue!r} is full: {depth} waiting (high watermark {limit}); "
+            f"retry after {retry_after:.1f}s"
+        )
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class Throttled(Retry):
+    """The downstream asked us to slow down (HTTP 429); its rate limit backs off."""
+
+    def __init__(self, retry_after: float | None = None, message: str | None = None) -> None:
+        """``retry_after`` seconds from the downstream's Retry-After header, when it sent one."""
+        super().__init__(retry_after, message)
+        self.retry_after = retry_after

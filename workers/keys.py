@@ -48,3 +48,33 @@ def consumers() -> str:
 def counter(name: str) -> str:
     """A monotonically increasing counter (``duplicates_skipped``, ...)."""
     return f"{PREFIX}counter:{name}"
+
+
+def rate(name: str) -> str:
+    """Rate-limiter state (GCRA theoretical arrival time etc.) of a limit name."""
+    return f"{PREFIX}rate:{name}"
+
+
+def limits() -> str:
+    """Hash of run-time rate-limit overrides (limit name -> "N/s[,burst]")."""
+    return f"{PREFIX}limits"
+
+
+def breaker(name: str) -> str:
+    """Circuit-breaker state of a destination."""
+    return f"{PREFIX}breaker:{name}"
+
+
+def breakers() -> str:
+    """Set of destination names that have a breaker (for listing without SCAN)."""
+    return f"{PREFIX}breakers"
+
+
+def queue_stats(queue: str) -> str:
+    """Hash of a queue's measured figures (drain rate, ...)."""
+    return f"{PREFIX}queue:{queue}:stats"
+
+
+def queue_full(queue: str) -> str:
+    """Marker set while a queue is over its high watermark (hysteresis until the low one)."""
+    return f"{PREFIX}queue:{queue}:full"

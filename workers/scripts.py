@@ -1,4 +1,8 @@
-"""Lua scripts, loaded once from ``workers/lua/*.lua`` and registered per Redis client."""
+"""Lua scripts from ``workers/lua/<name>.lua``, registered lazily per Redis client.
+
+Every ``.lua`` file documents its KEYS, ARGV and key layout in its header. Calls go through
+EVALSHA with redis-py's NOSCRIPT fallback (a restarted Redis has an empty script cache).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,6 @@ if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
 
-NAMES = (
-    "admit",
-    "claim",
-    "complete",
-    "defer",
-    "fetch",
-    "promote",
-    "release",
-    "restore",
-)
-
 
 @cache
 def source(name: str) -> str:
@@ -29,15 +22,22 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The scripts registered on one client; calls go through EVALSHA with NOSCRIPT fallback."""
+    """The scripts registered on one client: ``Scripts(client).claim(keys=..., args=...)``."""
 
     def __init__(self, client: redis.Redis) -> None:
-        """Register every script on ``client``."""
-        self._scripts: dict[str, Script] = {n: client.register_script(source(n)) for n in NAMES}
+        """Scripts are registered on ``client`` the first time each is used."""
+        self._client = client
+        self._scripts: dict[str, Script] = {}
 
     def __getattr__(self, name: str) -> Script:
-        """The registered script ``name``."""
-        try:
-            return self._scripts[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        """The registered script ``name`` (``workers/lua/<name>.lua``)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        script = self._scripts.get(name)
+        if script is None:
+            try:
+                text = source(name)
+            except FileNotFoundError:
+                raise AttributeError(f"no Lua script named {name!r}") from None
+            script = self._scripts[name] = self._client.register_script(text)
+        return script

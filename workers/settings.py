@@ -31,6 +31,16 @@ class TaskKnobs(BaseModel):
     time_limit: float | None = Field(default=None, gt=0)
 
 
+class QueueKnobs(BaseModel):
+    """Per-queue flow control, e.g. ``JOBS_QUEUES='{"webhooks": {"high_watermark": 5000}}'``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    high_watermark: int | None = Field(default=None, ge=1)
+    low_watermark: int | None = Field(default=None, ge=0)
+    max_age: float | None = Field(default=None, gt=0)
+
+
 #: The knobs of a task without overrides (shared: building a model per job costs ~500 µs).
 NO_OVERRIDES = TaskKnobs()
 
@@ -70,6 +80,31 @@ class Settings(BaseSettings):
     time_limit: float = Field(default=300.0, gt=0)
     #: Per-task overrides (JSON object keyed by task name).
     tasks: dict[str, TaskKnobs] = Field(default_factory=dict)
+    #: Per-queue flow-control overrides (JSON object keyed by queue name).
+    queues: dict[str, QueueKnobs] = Field(default_factory=dict)
+    #: Default high watermark (waiting jobs) above which enqueue raises QueueFull.
+    high_watermark: int = Field(default=100_000, ge=1)
+    #: Enqueue is accepted again below this fraction of the high watermark (hysteresis).
+    low_watermark_ratio: float = Field(default=0.8, gt=0, le=1)
+    #: Longest an ``on_full="wait"`` enqueue waits for room before raising QueueFull (s).
+    enqueue_wait_max: float = Field(default=10.0, gt=0)
+
+    #: Circuit breaker: failures within the window that open it.
+    breaker_failures: int = Field(default=5, ge=1)
+    #: Circuit breaker: failure ratio (over at least breaker_min_calls calls) that opens it.
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(default=10, ge=1)
+    #: Circuit breaker: the window (s) over which calls are counted.
+    breaker_window: float = Field(default=60.0, gt=0)
+    #: Circuit breaker: seconds it stays open before letting probes through (half-open).
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+    #: Circuit breaker: probes let through while half-open.
+    breaker_probes: int = Field(default=3, ge=1)
+
+    #: Adaptive rate limits: factor applied on a 429 (multiplicative decrease).
+    throttle_decrease: float = Field(default=0.5, gt=0, lt=1)
+    #: Adaptive rate limits: fraction of the declared rate regained per quiet second.
+    throttle_recovery: float = Field(default=0.05, gt=0, le=1)
 
     #: Seconds without a heartbeat after which a consumer's in-flight messages are recovered.
     consumer_dead_after: float = Field(default=30.0, gt=0)
@@ -121,6 +156,15 @@ class Settings(BaseSettings):
     def broker_is_redis(self) -> bool:
         """True when the broker speaks the Redis protocol (our reliable transport applies)."""
         return self.effective_broker_url.startswith(("redis://", "rediss://", "unix://"))
+
+    def queue_knobs(self, queue: str) -> tuple[int, int, float | None]:
+        """(high watermark, low watermark, max age) of ``queue`` with defaults applied."""
+        knobs = self.queues.get(queue)
+        high = (knobs.high_watermark if knobs else None) or self.high_watermark
+        low = knobs.low_watermark if knobs and knobs.low_watermark is not None else None
+        if low is None:
+            low = int(high * self.low_watermark_ratio)
+        return high, min(low, high), knobs.max_age if knobs else None
 
     def knobs_for(self, task_name: str) -> TaskKnobs:
         """The per-task overrides for ``task_name`` (empty when none are set)."""

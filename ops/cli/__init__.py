@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import dlq, run
+from ops.cli import breakers, dlq, limits, run
 from workers.errors import ConfigurationError
 
 app = typer.Typer(
@@ -14,6 +14,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(limits.app, name="limits")
+app.add_typer(breakers.app, name="breakers")
 run.register(app)
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from workers.policies.arguments import Arguments
+from workers.policies.breaker import Breaker
 from workers.policies.deadletter import DeadLetter
 from workers.policies.idempotency import Idempotency
+from workers.policies.ratelimit import RateLimit
 from workers.policies.retry import Retry
 
 if TYPE_CHECKING:
@@ -51,9 +53,18 @@ class Policy(Protocol):
         """Runs after the body (or a later policy's ``before``) raised; may set ``job.outcome``."""
 
 
-#: The order every job goes through. after_* hooks run in reverse: Retry decides first, then the
-#: claim is released, then DeadLetter stores whatever nobody else settled.
-DEFAULT_POLICIES: tuple[Policy, ...] = (DeadLetter(), Arguments(), Idempotency(), Retry())
+#: The order every job goes through: arguments bind → claim the key (skip if done) → take a
+#: rate-limit token (else park, no attempt spent) → breaker closed? (else park until half-open)
+#: → run. after_* hooks run in reverse: Retry decides first, Breaker and RateLimit record the
+#: outcome, the claim is released, and DeadLetter stores whatever nobody else settled.
+DEFAULT_POLICIES: tuple[Policy, ...] = (
+    DeadLetter(),
+    Arguments(),
+    Idempotency(),
+    RateLimit(),
+    Breaker(),
+    Retry(),
+)
 
 
 def declared_options(policies: tuple[Policy, ...] = DEFAULT_POLICIES) -> frozenset[str]:
