@@ -60,6 +60,7 @@ def configure(app: Celery, settings: Settings) -> None:
         "health_check_interval": 25,
         # Recovery is heartbeat-based (housekeeping); kombu's visibility scan is disabled.
         "visibility_timeout": 7 * 86400,
+        **settings.broker_transport_options,
     }
     app.conf.update(
         broker_url=settings.effective_broker_url,

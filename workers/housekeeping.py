@@ -49,9 +49,13 @@ class Housekeeper:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _loop(self) -> None:
+    def connect(self) -> None:
+        """Create this housekeeper's own Redis client (on the thread that uses it)."""
         self._client = make_redis(self.settings.effective_broker_url, self.settings)
         self._scripts = Scripts(self._client)
+
+    def _loop(self) -> None:
+        self.connect()
         last_beat = last_recovery = 0.0
         recovery_every = max(self.settings.consumer_dead_after / 4, 0.5)
         outage_wait = 0.0  # > 0 while Redis is unreachable: jittered exponential backoff

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     #: Socket timeouts (s) towards Redis: a frozen Redis fails fast instead of hanging.
     redis_socket_timeout: float = Field(default=1.0, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
+    #: Extra kombu transport options merged over ours (JSON), e.g. ``{"brpop_timeout": 2}``.
+    broker_transport_options: dict[str, Any] = Field(default_factory=dict)
     #: Accept a Redis whose ``maxmemory-policy`` may evict queue keys (tests, caches only).
     allow_volatile_broker: bool = False
     #: SQLAlchemy pool per process (PgBouncer-compatible: no server-side prepared statements).
