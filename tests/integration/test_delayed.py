@@ -23,7 +23,8 @@ def test_a_countdown_longer_than_the_visibility_timeout_runs_exactly_once(
 ) -> None:
     """Given kombu's visibility timeout set to 2 s, when a job is enqueued with countdown 5 s,
     then it waits in the delayed store (not in a worker), runs once at about 5 s, and never
-    again."""
+    again.
+    """
     db, redis_client = clean
     workers(concurrency=1, extra_env={"JOBS_BROKER_TRANSPORT_OPTIONS": '{"visibility_timeout": 2}'})
     enqueued = time.monotonic()
@@ -39,7 +40,8 @@ def test_a_countdown_longer_than_the_visibility_timeout_runs_exactly_once(
 
 def test_two_promoters_running_concurrently_promote_each_due_job_once(clean: Any) -> None:
     """Given 5,000 due jobs in the delayed store, when two promoters run at the same time, then
-    every job lands in its queue exactly once."""
+    every job lands in its queue exactly once.
+    """
     _, redis_client = clean
     due = time.time() - 1
     members = {}
