@@ -31,7 +31,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +38,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
+
+from ops.workerproc import WorkerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -246,66 +247,22 @@ def group_cpu(pgid: int, main_pid: int) -> tuple[float, float]:
     return main, others
 
 
-class Worker:
-    """A worker subprocess in its own session (process group), always cleaned up."""
+class Worker(WorkerProcess):
+    """A worker subprocess for one side, in its own session (process group), always cleaned up."""
 
     def __init__(self, side: Side, options: Options, env: dict[str, str], log_dir: Path) -> None:
         """Configure; use as a context manager."""
-        self.command = [
-            sys.executable, "-m", "celery", "-A", side.app_module, "worker",
-            "-Q", side.queue, "-c", str(options.concurrency), "-P", options.pool,
-            "-n", f"bench-{side.name}-{os.getpid()}@%h",
-            "--without-mingle", "--without-gossip", "--loglevel", options.loglevel,
-        ]  # fmt: skip
-        self.env = env
-        self.log_path = log_dir / f"worker-{side.name}-{time.monotonic_ns()}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        """Start the worker."""
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        """Stop the worker, whatever happened."""
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        """The main process id (also the process group id)."""
-        if self.process is None:
-            raise BenchError("worker not started")
-        return self.process.pid
-
-    def alive(self) -> bool:
-        """Whether the main process still runs."""
-        return self.process is not None and self.process.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """The end of the worker's output, for error messages."""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process group (warm shutdown), then SIGKILL whatever is left of it."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
+        super().__init__(
+            env=env,
+            log_path=log_dir / f"worker-{side.name}-{time.monotonic_ns()}.log",
+            app=side.app_module,
+            queues=side.queue,
+            concurrency=options.concurrency,
+            pool=options.pool,
+            name=f"bench-{side.name}",
+            loglevel=options.loglevel,
+            cwd=REPO,
+        )
 
 
 # -- measurements -----------------------------------------------------------------------------

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ops.services import Services, ensure_services, libpq_url
+from ops.workerproc import WorkerProcess
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,43 +125,10 @@ class Summary:
 
 
 @dataclass(slots=True)
-class DemoWorker:
+class DemoWorker(WorkerProcess):
     """The demo's worker: a ``celery worker`` subprocess in its own process group."""
 
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DemoWorker:
-        """Start it (output to ``log_path``); see :meth:`wait_ready`."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.app",
-                    "worker",
-                    "-Q",
-                    "default",
-                    "-c",
-                    "2",
-                    "-n",
-                    f"demo-{os.getpid()}@%h",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--loglevel",
-                    "INFO",
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return self
+    name: str = "demo"
 
     def check_alive(self) -> None:
         """Raise :class:`DemoError` (with the log's tail) if the worker has exited."""
@@ -176,27 +141,11 @@ class DemoWorker:
     def ready(self) -> bool:
         """Whether the worker has logged that it consumes."""
         self.check_alive()
-        return b" ready." in self.log_path.read_bytes()
+        return self.is_ready()
 
     def tail(self, lines: int = 25) -> str:
         """The last ``lines`` lines of the worker's log."""
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Warm shutdown (SIGTERM to the main process), then SIGKILL of its group if needed."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group we created
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
+        return "\n".join(self.log_tail().splitlines()[-lines:])
 
 
 def wait_until(
