@@ -53,16 +53,17 @@ class Policy(Protocol):
         """Runs after the body (or a later policy's ``before``) raised; may set ``job.outcome``."""
 
 
-#: The order every job goes through: arguments bind → claim the key (skip if done) → take a
-#: rate-limit token (else park, no attempt spent) → breaker closed? (else park until half-open)
-#: → run. after_* hooks run in reverse: Retry decides first, Breaker and RateLimit record the
-#: outcome, the claim is released, and DeadLetter stores whatever nobody else settled.
+#: The order every job goes through: arguments bind → claim the key (skip if done) → breaker
+#: closed? (else park until half-open) → take a rate-limit token (else park) → run. Parking
+#: spends no attempt. The breaker comes first so a job for a dead destination never burns a
+#: rate-limit token. after_* hooks run in reverse: Retry decides first, RateLimit and Breaker
+#: record the outcome, the claim is released, DeadLetter stores whatever nobody else settled.
 DEFAULT_POLICIES: tuple[Policy, ...] = (
     DeadLetter(),
     Arguments(),
     Idempotency(),
-    RateLimit(),
     Breaker(),
+    RateLimit(),
     Retry(),
 )
 
