@@ -1,8 +1,11 @@
-"""Admission: validate → dedup → publish. Behind ``jobs.enqueue`` and ``JobTask.apply_async``.
+"""Admission: validate → backpressure → dedup → publish; behind ``jobs.enqueue`` and apply_async.
 
-On Redis, dedup and publish are one Lua script (``admit.lua``): a producer that dies midway
-leaves neither a lost job nor a dedup marker without a job. ``enqueue_many`` sends a whole batch
-in one pipeline (one round trip). Flow-control checks (backpressure) slot in before dedup.
+On Redis, backpressure, dedup and publish are one Lua script (``admit.lua``, one round trip, no
+database work): a producer that dies midway leaves neither a lost job nor a dedup marker
+without a job, and a job refused because its queue is full (:class:`QueueFull`) publishes
+nothing and sets no dedup marker. ``enqueue_many`` sends a whole batch in one pipeline (one
+round trip); each job is decided on its own (see :func:`enqueue_many`). ``on_full="wait"``
+retries refused jobs with jittered backoff for a bounded time (:mod:`workers.backpressure`).
 """
 
 from __future__ import annotations
@@ -11,22 +14,25 @@ import inspect
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers import keys, publisher, resources
+from workers import backpressure, keys, publisher, resources
+from workers.backpressure import BatchQueueFull, OnFull
 from workers.canonical import check_json, derive_key
-from workers.errors import BrokerUnavailable, InvalidJob
-from workers.job import Job
+from workers.errors import BrokerUnavailable, InvalidJob, QueueFull
+from workers.job import HEADER, Job
 from workers.queues import PRIORITY_RANGE, QUEUE_NAMES
 from workers.settings import get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from workers.settings import Settings
     from workers.task import JobTask
 
 
@@ -118,6 +124,20 @@ def delay_of(countdown: float | None, eta: datetime | None) -> float:
     return 0.0
 
 
+def check_on_full(on_full: str, wait_max: float | None) -> None:
+    """Validate the ``on_full`` / ``wait_max`` options (errors name the option)."""
+    if on_full not in backpressure.ON_FULL_CHOICES:
+        raise InvalidJob(
+            f"on_full must be one of {list(backpressure.ON_FULL_CHOICES)}, not {on_full!r}",
+            field="on_full",
+        )
+    if wait_max is not None:
+        if on_full != "wait":
+            raise InvalidJob('wait_max applies only with on_full="wait"', field="wait_max")
+        if not wait_max > 0:
+            raise InvalidJob("wait_max must be > 0 seconds", field="wait_max")
+
+
 def enqueue(
     task: JobTask,
     args: tuple[Any, ...],
@@ -128,10 +148,20 @@ def enqueue(
     priority: int | None = None,
     countdown: float | None = None,
     eta: datetime | None = None,
+    on_full: OnFull = "raise",
+    wait_max: float | None = None,
 ) -> JobRef:
-    """Admit one job. Raises :class:`InvalidJob` or :class:`BrokerUnavailable`."""
+    """Admit one job.
+
+    Raises :class:`InvalidJob`, :class:`BrokerUnavailable`, or :class:`QueueFull` when the
+    queue is over its high watermark (or its oldest job over its max age): at once with
+    ``on_full="raise"``; with ``on_full="wait"`` after retrying for up to ``wait_max`` seconds
+    (default: the ``enqueue_wait_max`` setting). Delayed jobs (``countdown``/``eta``) are
+    refused by a full queue too: they add work to the same queue.
+    """
+    check_on_full(on_full, wait_max)
     job = prepare(task, args, kwargs, key=key, queue=queue, priority=priority)
-    return _admit(task, [job], delay_of(countdown, eta))[0]
+    return _admit(task, [job], delay_of(countdown, eta), on_full, wait_max, batch=False)[0]
 
 
 def enqueue_many(
@@ -141,18 +171,38 @@ def enqueue_many(
     queue: str | None = None,
     priority: int | None = None,
     countdown: float | None = None,
+    on_full: OnFull = "raise",
+    wait_max: float | None = None,
 ) -> list[JobRef]:
-    """Admit a batch in one round trip; each job is deduplicated on its own key."""
+    """Admit a batch in one round trip; each job is deduplicated on its own key.
+
+    Each job is decided on its own, in batch order, so a batch that crosses the high
+    watermark is admitted up to it and refused after it. If any job is refused (after the
+    bounded wait with ``on_full="wait"``, which retries only the refused ones), nothing is
+    returned: :class:`~workers.backpressure.BatchQueueFull` (a :class:`QueueFull`) is raised,
+    carrying ``accepted`` (refs of the admitted jobs) and ``refused`` (positions in the batch).
+    Resubmitting the whole batch later is safe: admitted jobs come back deduplicated.
+    """
+    check_on_full(on_full, wait_max)
     jobs = []
     for call in calls:
         spec = call if isinstance(call, Call) else Call(kwargs=dict(call))
         jobs.append(
             prepare(task, spec.args, spec.kwargs, key=spec.key, queue=queue, priority=priority)
         )
-    return _admit(task, jobs, delay_of(countdown, None))
+    return _admit(task, jobs, delay_of(countdown, None), on_full, wait_max, batch=True)
 
 
-def _admit(task: JobTask, jobs: list[Job], delay: float) -> list[JobRef]:
+def _admit(
+    task: JobTask,
+    jobs: list[Job],
+    delay: float,
+    on_full: OnFull,
+    wait_max: float | None,
+    *,
+    batch: bool,
+) -> list[JobRef]:
+    """Admit ``jobs`` (one pipeline per attempt); with ``wait``, retry only the refused ones."""
     if not jobs:
         return []
     _ensure_safe_broker()
@@ -160,33 +210,97 @@ def _admit(task: JobTask, jobs: list[Job], delay: float) -> list[JobRef]:
     window_ms = int(settings.dedup_window * 1000)
     if not settings.broker_is_redis:
         return [_admit_via_celery(task, job, window_ms, delay) for job in jobs]
-    due = repr(time.time() + delay) if delay > 0 else "0"
+    refs: list[JobRef | None] = [None] * len(jobs)
+    pending = list(range(len(jobs)))
+    deadline: float | None = None
+    attempt = 0
+    while True:
+        now = time.time()
+        batch_jobs = [jobs[i] for i in pending]
+        replies = _admit_redis(task, batch_jobs, delay, window_ms=window_ms, now=now)
+        refused, full = _decide(jobs, pending, replies, refs=refs, settings=settings, now=now)
+        if full is None:
+            return [ref for ref in refs if ref is not None]
+        if on_full == "wait":
+            if deadline is None:
+                deadline = time.monotonic() + (wait_max or settings.enqueue_wait_max)
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                time.sleep(backpressure.wait_pause(attempt, remaining))
+                attempt += 1
+                pending = refused
+                continue
+        if not batch:
+            raise full
+        raise BatchQueueFull(full, [ref for ref in refs if ref is not None], refused)
+
+
+def _decide(
+    jobs: list[Job],
+    pending: list[int],
+    replies: list[Any],
+    *,
+    refs: list[JobRef | None],
+    settings: Settings,
+    now: float,
+) -> tuple[list[int], QueueFull | None]:
+    """Fill ``refs`` for admitted jobs; the positions refused and the last refusal, if any."""
+    refused: list[int] = []
+    full: QueueFull | None = None
+    for index, reply in zip(pending, replies, strict=True):
+        job = jobs[index]
+        if isinstance(reply, list):
+            full = backpressure.refusal(backpressure.limits_for(job.queue, settings), reply, now)
+            refused.append(index)
+        elif reply:
+            refs[index] = JobRef(id=_text(reply), key=job.key, queue=job.queue, deduplicated=True)
+        else:
+            refs[index] = JobRef(id=job.id, key=job.key, queue=job.queue)
+    return refused, full
+
+
+def _admit_redis(
+    task: JobTask, jobs: list[Job], delay: float, *, window_ms: int, now: float
+) -> list[Any]:
+    """Run ``admit.lua`` for each job in one pipeline; the raw replies, in order."""
+    due = repr(now + delay) if delay > 0 else "0"
+    ready_at = now + delay
+    settings = get_settings()
     admit = resources.scripts().admit
     try:
         with resources.redis_client().pipeline(transaction=False) as pipe:
             for job in jobs:
+                limits = backpressure.limits_for(job.queue, settings)
                 target = publisher.list_key(job.queue, job.priority)
+                message = publisher.envelope(job, time_limit=task.time_limit)
+                message["headers"][HEADER]["ready_at"] = ready_at
                 admit(
-                    keys=[keys.dedup(job.key), keys.delayed() if delay > 0 else target],
+                    keys=[
+                        keys.dedup(job.key),
+                        keys.delayed() if delay > 0 else target,
+                        limits.full_key,
+                        limits.stats_key,
+                        *limits.list_keys,
+                    ],
                     args=[
                         job.id,
                         window_ms,
-                        json.dumps(publisher.envelope(job, time_limit=task.time_limit)),
+                        json.dumps(message),
                         due,
                         target,
                         keys.wake(job.queue),
+                        limits.high,
+                        limits.low,
+                        repr(limits.max_age) if limits.max_age else "0",
+                        repr(now),
+                        backpressure.FULL_MARKER_TTL,
                     ],
                     client=pipe,
                 )
-            replies = pipe.execute()
+            replies: Sequence[Any] = pipe.execute()
     except publisher.REDIS_ERRORS as exc:
         raise BrokerUnavailable(f"broker unavailable, job not enqueued: {exc}") from exc
-    return [
-        JobRef(id=_text(reply), key=job.key, queue=job.queue, deduplicated=True)
-        if reply
-        else JobRef(id=job.id, key=job.key, queue=job.queue)
-        for job, reply in zip(jobs, replies, strict=True)
-    ]
+    return list(replies)
 
 
 def _text(value: bytes | str) -> str:

@@ -4,6 +4,9 @@ Every ``housekeeping_interval``: promote due jobs from the delayed store. Every 
 heart-beat this process's consumers. Every few seconds: recover the in-flight messages of
 consumers whose heartbeat stopped (their worker died), putting them back at the front of
 their queues. Every step is one atomic Lua script, safe with any number of workers doing it.
+
+Backpressure: every second, also sample each queue's drain rate (the basis of
+``QueueFull.retry_after``; :class:`workers.backpressure.DrainMeter`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import redis
 import structlog
 
 from workers import keys
+from workers.backpressure import DrainMeter
 from workers.resources import make_redis
 from workers.scripts import Scripts
 from workers.settings import Settings
@@ -56,6 +60,8 @@ class Housekeeper:
 
     def _loop(self) -> None:
         self.connect()
+        assert self._client is not None
+        drain = DrainMeter(self._client)  # backpressure: drain-rate sampling
         last_beat = last_recovery = 0.0
         recovery_every = max(self.settings.consumer_dead_after / 4, 0.5)
         outage_wait = 0.0  # > 0 while Redis is unreachable: jittered exponential backoff
@@ -66,6 +72,7 @@ class Housekeeper:
                 if now - last_beat >= 1.0:
                     self.heartbeat(now)
                     last_beat = now
+                    drain.sample(now)
                 if now - last_recovery >= recovery_every:
                     self.recover_dead_consumers(now)
                     last_recovery = now

@@ -152,6 +152,8 @@ class JobTask(Task):  # type: ignore[misc]
             priority=options.pop("priority", None),
             countdown=options.pop("countdown", None),
             eta=options.pop("eta", None),
+            on_full=options.pop("on_full", "raise"),
+            wait_max=options.pop("wait_max", None),
         )
         return self.AsyncResult(ref.id)
 

@@ -50,6 +50,9 @@ WAKE_TOKENS = 64
 PRIORITY_SEP = "\x06\x16"
 
 _FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdigest()
+#: fetch.lua's drain-counter arguments (backpressure): the text around the queue name in its
+#: stats key, and the priority separator.
+_DRAIN_COUNTER_ARGS = (*keys.queue_stats("\x00").split("\x00"), PRIORITY_SEP)
 
 #: Consumer ids in this process; the housekeeping thread heart-beats them.
 ACTIVE_CONSUMERS: set[str] = set()
@@ -207,6 +210,7 @@ class ReliableChannel(kombu_redis.Channel):
             *list_keys,
             self.consumer_id,
             repr(time.time()),
+            *_DRAIN_COUNTER_ARGS,
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -242,7 +246,7 @@ class ReliableChannel(kombu_redis.Channel):
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:  # noqa: ARG002
         reply = self._scripts.fetch(
             keys=[self.inflight_key, keys.consumers(), *self._list_keys([queue])],
-            args=[self.consumer_id, repr(time.time())],
+            args=[self.consumer_id, repr(time.time()), *_DRAIN_COUNTER_ARGS],
         )
         if not reply:
             raise Empty

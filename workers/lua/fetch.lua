@@ -7,6 +7,11 @@
 -- KEYS[3..n]   queue list keys, highest priority first (kombu layout: "<queue>" and "<queue>\x06\x16<pri>")
 -- ARGV[1]      consumer id
 -- ARGV[2]      now, unix seconds
+-- ARGV[3..5]   optional drain counter (backpressure): the queue's stats key is
+--              ARGV[3] .. <queue> .. ARGV[4] ("jobs:queue:" .. q .. ":stats"), ARGV[5] is kombu's
+--              priority separator "\x06\x16"; its "fetched" field counts fetches (housekeeping
+--              turns it into the drain rate behind QueueFull.retry_after). That key is derived
+--              here, not declared: like restore.lua, this needs a single Redis node.
 -- Returns {src, raw, delivery_tag} or false when every list is empty.
 -- A body that is not a kombu envelope gets a synthetic "garbage:" tag so it can be dead-lettered.
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -22,6 +27,11 @@ for i = 3, #KEYS do
       tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
     end
     redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
+    if ARGV[5] then
+      local sep = string.find(KEYS[i], ARGV[5], 1, true)
+      local queue = sep and string.sub(KEYS[i], 1, sep - 1) or KEYS[i]
+      redis.call('HINCRBY', ARGV[3] .. queue .. ARGV[4], 'fetched', 1)
+    end
     return {KEYS[i], raw, tag}
   end
 end
