@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from jobs.enqueue import Call, JobRef, enqueue, enqueue_many
 from workers.errors import (
+    BatchQueueFull,
     BrokerUnavailable,
     Defer,
     InvalidJob,
     JobsError,
     PermanentError,
+    QueueFull,
     Retry,
+    Throttled,
 )
 
 __all__ = [
+    "BatchQueueFull",
     "BrokerUnavailable",
     "Call",
     "Defer",
@@ -24,7 +28,9 @@ __all__ = [
     "JobRef",
     "JobsError",
     "PermanentError",
+    "QueueFull",
     "Retry",
+    "Throttled",
     "enqueue",
     "enqueue_many",
 ]

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from workers import admission
 from workers.admission import Call, JobRef
-from workers.backpressure import BatchQueueFull, OnFull
+from workers.backpressure import OnFull
+from workers.errors import BatchQueueFull
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from workers import backpressure, keys, publisher, resources
-from workers.backpressure import BatchQueueFull, OnFull
+from workers.backpressure import OnFull
 from workers.canonical import check_json, derive_key
-from workers.errors import BrokerUnavailable, InvalidJob, QueueFull
+from workers.errors import BatchQueueFull, BrokerUnavailable, InvalidJob, QueueFull
 from workers.job import HEADER, Job
 from workers.queues import PRIORITY_RANGE, QUEUE_NAMES
 from workers.settings import get_settings

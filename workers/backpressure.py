@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
     import redis
 
-    from workers.admission import JobRef
     from workers.settings import Settings
 
 #: What an enqueue does when the queue is full: raise at once, or wait (bounded) for room.
@@ -157,25 +156,6 @@ def wait_pause(attempt: int, remaining: float, rng: random.Random | None = None)
     """
     ceiling = min(WAIT_CAP, WAIT_BASE * 2.0**attempt)
     return max(min((rng or random).uniform(ceiling / 2, ceiling), remaining), 0.0)
-
-
-class BatchQueueFull(QueueFull):
-    """Part of an ``enqueue_many`` batch was refused: the queue is over its high watermark.
-
-    ``accepted`` holds the refs of the jobs that were admitted (or deduplicated), in batch
-    order; ``refused`` the positions of the refused calls in the batch. Resubmitting the whole
-    batch later is safe: the accepted jobs come back deduplicated.
-    """
-
-    def __init__(self, full: QueueFull, accepted: list[JobRef], refused: list[int]) -> None:
-        """Wrap the refusal of the batch's last refused job."""
-        super().__init__(full.queue, full.depth, full.limit, full.retry_after)
-        self.accepted = accepted
-        self.refused = refused
-        total = len(accepted) + len(refused)
-        self.args = (f"{self.args[0]}; {len(accepted)} of {total} jobs of the batch accepted",)
-        for note in getattr(full, "__notes__", ()):
-            self.add_note(note)
 
 
 def ewma(previous: float | None, sample: float, elapsed: float, tau: float) -> float:

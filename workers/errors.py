@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobsError(Exception):
     """A jobs-system error."""
@@ -91,6 +93,25 @@ class QueueFull(JobsError):
         self.depth = depth
         self.limit = limit
         self.retry_after = retry_after
+
+
+class BatchQueueFull(QueueFull):
+    """Part of an ``enqueue_many`` batch was refused: the queue is over its high watermark.
+
+    ``accepted`` holds the refs of the jobs that were admitted (or deduplicated), in batch
+    order; ``refused`` the positions of the refused calls in the batch. Resubmitting the whole
+    batch later is safe: the accepted jobs come back deduplicated.
+    """
+
+    def __init__(self, full: QueueFull, accepted: list[Any], refused: list[int]) -> None:
+        """Wrap the refusal of the batch's last refused job."""
+        super().__init__(full.queue, full.depth, full.limit, full.retry_after)
+        self.accepted = accepted
+        self.refused = refused
+        total = len(accepted) + len(refused)
+        self.args = (f"{self.args[0]}; {len(accepted)} of {total} jobs of the batch accepted",)
+        for note in getattr(full, "__notes__", ()):
+            self.add_note(note)
 
 
 class Throttled(Retry):

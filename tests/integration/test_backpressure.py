@@ -25,8 +25,8 @@ from jobs.http import queue_full_response
 from tests import tasks
 from tests.support.worker import wait_for
 from workers import resources
-from workers.backpressure import DEFAULT_RETRY_AFTER, BatchQueueFull, estimate_retry_after
-from workers.errors import QueueFull
+from workers.backpressure import DEFAULT_RETRY_AFTER, estimate_retry_after
+from workers.errors import BatchQueueFull, QueueFull
 from workers.settings import get_settings
 
 HIGH, LOW = 200, 50

@@ -14,7 +14,6 @@ from workers.backpressure import (
     DEFAULT_RETRY_AFTER,
     MAX_RETRY_AFTER,
     MIN_RETRY_AFTER,
-    BatchQueueFull,
     QueueLimits,
     estimate_retry_after,
     ewma,
@@ -22,7 +21,7 @@ from workers.backpressure import (
     refusal,
     wait_pause,
 )
-from workers.errors import InvalidJob, QueueFull
+from workers.errors import BatchQueueFull, InvalidJob, QueueFull
 from workers.settings import load_settings
 
 NOW = 1_800_000_000.0

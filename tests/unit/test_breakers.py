@@ -115,13 +115,15 @@ def test_script_replies_become_permits_and_states() -> None:
     assert (closed.opened_at, closed.half_open_at, closed.probes_in_flight) == (None, None, 0)
 
 
-def test_breaker_key_is_a_declared_option_and_the_breaker_runs_after_the_rate_limit() -> None:
-    """``breaker_key`` is accepted by ``@job``; the breaker is checked after the rate limit and
-    before Retry (so Retry decides first on failure and the breaker then counts the result).
+def test_breaker_key_is_a_declared_option_and_the_breaker_runs_before_the_rate_limit() -> None:
+    """``breaker_key`` is accepted by ``@job``; the breaker is checked after the claim and before
+    the rate limit (a job for a dead destination never burns a token) and before Retry (so
+    Retry decides first on failure and the breaker then counts the result).
     """
     assert "breaker_key" in declared_options()
     names = [type(policy).__name__ for policy in DEFAULT_POLICIES]
-    assert names.index("RateLimit") < names.index("Breaker") < names.index("Retry")
+    order = [names.index(n) for n in ("Idempotency", "Breaker", "RateLimit", "Retry")]
+    assert order == sorted(order)
 
 
 def test_a_task_without_breaker_key_makes_no_redis_call(no_redis: None) -> None:
