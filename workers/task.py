@@ -18,7 +18,7 @@ from celery.exceptions import Reject
 
 from workers import publisher
 from workers.canonical import derive_key
-from workers.errors import ConfigurationError, Defer, Settled
+from workers.errors import ConfigurationError, Defer, InvalidJob, Settled
 from workers.failpoints import failpoint
 from workers.job import HEADER, Job, Outcome
 from workers.policies import DEFAULT_POLICIES, Execution, Policy, declared_options
@@ -211,6 +211,14 @@ def job(
         raise ConfigurationError(
             f"The following job options are undefined: {sorted(unknown)} (known: {known})"
         )
+
+    for policy in DEFAULT_POLICIES:
+        check = getattr(policy, "check_options", None)
+        if check is not None:
+            try:
+                check(options)
+            except InvalidJob as exc:
+                raise ConfigurationError(f"job {name!r}: {exc}") from None
 
     def decorate(func: Callable[P, R]) -> JobTask:
         from workers.app import app  # noqa: PLC0415 - the app includes task modules by string

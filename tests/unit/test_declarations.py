@@ -58,3 +58,11 @@ def test_broker_reconnect_waits_get_random_jitter_up_to_the_interval() -> None:
     assert len(slept) == 3  # no jitter for the immediate (0 s) failover attempt
     assert all(0 <= s <= i for s, i in zip(slept, (2.0, 4.0, 6.0), strict=True))
     assert len(set(slept)) == 3
+
+
+def test_a_malformed_rate_is_refused_at_declaration_naming_the_option() -> None:
+    """@job(rate="fast") fails when the module is imported, not on the first run."""
+    with pytest.raises(ConfigurationError, match=r"'x\.rated'.*rate: 'fast' is not a rate"):
+        job(name="x.rated", rate="fast")
+    with pytest.raises(ConfigurationError, match="burst"):
+        job(name="x.rated", rate="5/s", burst=0)

@@ -53,6 +53,10 @@ class Policy(Protocol):
         """Runs after the body (or a later policy's ``before``) raised; may set ``job.outcome``."""
 
 
+# A policy may also define ``check_options(options)``: called by ``@job`` at declaration,
+# raising ``InvalidJob`` (naming the option) for values it cannot use.
+
+
 #: The order every job goes through: arguments bind → claim the key (skip if done) → breaker
 #: closed? (else park until half-open) → take a rate-limit token (else park) → run. Parking
 #: spends no attempt. The breaker comes first so a job for a dead destination never burns a
