@@ -7,6 +7,7 @@ the run; nothing is skipped. Redis uses its own DB number, flushed around every 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ _SERVICES: Services | None = None
 #: shared Redis must not flush each other's queues).
 TEST_REDIS_DBS = range(8, 16)
 _LOCK_TTL = 3 * 3600
+#: Task modules every test worker loads besides the catalogue.
+TEST_TASK_MODULES = ["tests.tasks", "tests.tasks_flow_ratelimit", "tests.tasks_flow_breaker"]
 
 
 def claim_redis_db(server_url: str) -> int:
@@ -76,7 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(
         JOBS_REDIS_URL=redis_url,
         JOBS_DATABASE_URL=database_url,
-        JOBS_EXTRA_TASK_MODULES='["tests.tasks"]',
+        JOBS_EXTRA_TASK_MODULES=json.dumps(TEST_TASK_MODULES),
         JOBS_CONSUMER_DEAD_AFTER="3",
         JOBS_CLAIM_LEASE_MARGIN="1",
         JOBS_DEAD_LETTER_RETRY_DELAY="1",

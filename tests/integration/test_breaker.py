@@ -32,10 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 OPEN_SECONDS = 3.0
-ENV = {
-    "JOBS_EXTRA_TASK_MODULES": '["tests.tasks", "tests.tasks_flow_breaker"]',
-    "JOBS_BREAKER_OPEN_SECONDS": str(OPEN_SECONDS),
-}
+ENV = {"JOBS_BREAKER_OPEN_SECONDS": str(OPEN_SECONDS)}  # test task modules: see conftest
 #: A call allowed just before the breaker opened may still reach the receiver this late.
 GRACE = 0.5
 T0 = 1_700_000_000.0  # the explicit clock of the script-level tests (unix seconds)

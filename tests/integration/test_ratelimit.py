@@ -24,7 +24,7 @@ from workers.policies import Execution
 from workers.policies.ratelimit import RateLimit
 from workers.settings import get_settings
 
-FLOW_ENV = {"JOBS_EXTRA_TASK_MODULES": '["tests.tasks", "tests.tasks_flow_ratelimit"]'}
+FLOW_ENV: dict[str, str] = {}  # the test task modules are loaded by every worker (conftest)
 RECOVERY = 0.05
 DECREASE = 0.5
 
