@@ -25,7 +25,6 @@ import statistics
 import sys
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from throughput import (
     flushed_after,
     load_sides,
     machine,
+    save_results,
     side_env,
     timed_loop,
 )
@@ -156,18 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         with flushed_after(client):
             runs = measure(args.jobs, args.rounds, client)
     summary = report(runs, args.jobs, args.rounds)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"enqueue-latency-{stamp}.json"
     document = {
-        "timestamp": stamp,
         "options": vars(args),
         "machine": machine(),
         "summary": summary,
         "runs": [asdict(r) for r in runs],
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = save_results("enqueue-latency", document)
     print(f"Results: {path.relative_to(RESULTS.parent.parent)}; {document['wall_seconds']} s")
     return 0
 

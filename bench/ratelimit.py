@@ -45,6 +45,7 @@ from throughput import (  # noqa: E402 - needs bench/ on sys.path first
     Options,
     Side,
     _raise_on_sigterm,
+    announce,
     claimed_db,
     drain,
     flushed_after,
@@ -152,12 +153,7 @@ def run(options: Options) -> int:
             for side in (unlimited, limited):
                 result = drain(bench, side, number)
                 drains.append(result)
-                print(
-                    f"drain {result.side} #{result.round}: {result.rate:,.0f} jobs/s "
-                    f"({result.seconds:.2f} s; CPU parent {result.parent_cpu_pct:.0f} %, "
-                    f"children {result.children_cpu_pct:.0f} %)",
-                    flush=True,
-                )
+                announce(result)
     rate = {
         name: statistics.median(d.rate for d in drains if d.side == name)
         for name in ("unlimited", "limited")

@@ -599,6 +599,25 @@ def claimed_db(url: str) -> Iterator[str]:
                 locks.delete(key)
 
 
+def save_results(kind: str, document: dict[str, Any]) -> Path:
+    """Write ``document`` (plus a UTC timestamp) to ``bench/results/<kind>-<stamp>.json``."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{kind}-{stamp}.json"
+    path.write_text(json.dumps({"timestamp": stamp, **document}, indent=2) + "\n")
+    return path
+
+
+def announce(run: DrainRun) -> None:
+    """Print one drain's line as soon as it is measured."""
+    print(
+        f"drain {run.side} #{run.round}: {run.rate:,.0f} jobs/s "
+        f"({run.seconds:.2f} s; CPU parent {run.parent_cpu_pct:.0f} %, "
+        f"children {run.children_cpu_pct:.0f} %)",
+        flush=True,
+    )
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -643,23 +662,14 @@ def run(options: Options) -> int:
             for side in (bare, ours):
                 run = drain(bench, side, number)
                 drains.append(run)
-                print(
-                    f"drain {run.side} #{run.round}: {run.rate:,.0f} jobs/s "
-                    f"({run.seconds:.2f} s; CPU parent {run.parent_cpu_pct:.0f} %, "
-                    f"children {run.children_cpu_pct:.0f} %)",
-                    flush=True,
-                )
+                announce(run)
         client.flushdb()
         enqueues = enqueue_rates(options, client, ours, bench_tasks, bare_app)
         for run in enqueues:
             latency = f", p50 {run.p50_us} µs, p99 {run.p99_us} µs" if run.p50_us else ""
             print(f"enqueue {run.name} #{run.round}: {run.rate:,.0f} jobs/s{latency}", flush=True)
     summary = summarize(drains, enqueues)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"throughput-{stamp}.json"
     document = {
-        "timestamp": stamp,
         "options": asdict(options),
         "machine": machine(),
         "summary": summary,
@@ -668,7 +678,7 @@ def run(options: Options) -> int:
         "wall_seconds": round(time.monotonic() - started, 1),
         "worker_logs": str(log_dir),
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = save_results("throughput", document)
     print()
     print(markdown(options, drains, enqueues, summary))
     print(f"\nResults: {path.relative_to(REPO)} (worker logs: {log_dir}); "
