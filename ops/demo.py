@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from rich.table import Table
 
 from ops.services import Services, ensure_services, libpq_url
 from ops.workerproc import WorkerProcess
+from workers.errors import JobsError
+from workers.redaction import redact_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -230,6 +233,12 @@ class Demo:
             self._charge()
             self._redeliver()
             self._fix_and_replay()
+        except DemoError:
+            raise
+        except (OSError, RuntimeError, subprocess.SubprocessError, psycopg.Error, redis.RedisError,
+                JobsError) as exc:  # fmt: skip
+            # Expected failures (a server that won't start, a refused connection): one line.
+            raise DemoError(f"{type(exc).__name__}: {redact_text(str(exc))}") from exc
         finally:
             self._shutdown()
         self.console.print(summary_table(self.summary))
@@ -241,7 +250,7 @@ class Demo:
     def _services(self) -> None:
         self.console.rule("[bold]jobs demo")
         self.console.print(
-            f"Looking for Redis at {self.redis_url} and PostgreSQL at "
+            f"Looking for Redis at {redact_text(self.redis_url)} and PostgreSQL at "
             f"{self.database_url.split('@')[-1]} (embedded servers under {self.data_dir} "
             "if they do not answer)…"
         )

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import psycopg
 import redis
+from psycopg import sql
+
+from workers.redaction import redact_text
 
 #: Seconds a server gets to answer after start.
 START_TIMEOUT = 30.0
@@ -264,7 +267,7 @@ class PostgresProcess:
     def create_database(self, name: str) -> str:
         """Create database ``name``; returns its SQLAlchemy URL."""
         with psycopg.connect(libpq_url(self.url), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url.rsplit("/", 1)[0] + f"/{name}"
 
 
@@ -280,7 +283,10 @@ class Services:
         """Human-readable lines: what is reused and what was started."""
         embedded = {type(s).__name__ for s in self.started}
         return [
-            f"Redis: {self.redis_url} ({'embedded' if 'RedisProcess' in embedded else 'reused'})",
+            (
+                f"Redis: {redact_text(self.redis_url)} "
+                f"({'embedded' if 'RedisProcess' in embedded else 'reused'})"
+            ),
             (
                 f"PostgreSQL: {self.database_url.split('@')[-1]} "
                 f"({'embedded' if 'PostgresProcess' in embedded else 'reused'})"
@@ -306,7 +312,11 @@ def ensure_services(
         services.redis_url = server.url
         services.started.append(server)
     if not postgres_answers(libpq_url(database_url)):
-        pg = PostgresProcess(data_dir / "postgres").start()
+        try:
+            pg = PostgresProcess(data_dir / "postgres").start()
+        except BaseException:
+            services.stop()  # do not leave the Redis we just started behind
+            raise
         services.database_url = pg.url
         services.started.append(pg)
     return services

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 
 from workers import resources
@@ -81,3 +82,15 @@ def kill_self(*, name: str) -> None:
 def fail_permanently(*, name: str) -> None:
     """Fail permanently without touching the database."""
     raise PermanentError(f"{name}: declined")
+
+
+@job(name="tests.overrun", queue="default", time_limit=2)
+def overrun(*, name: str) -> None:
+    """Log the attempt, then ignore the soft time limit until the hard one kills the process."""
+    log_run(name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            continue

@@ -10,7 +10,6 @@ retries refused jobs with jittered backoff for a bounded time (:mod:`workers.bac
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import uuid
@@ -26,6 +25,7 @@ from workers.backpressure import OnFull
 from workers.canonical import check_json, derive_key
 from workers.errors import BatchQueueFull, BrokerUnavailable, InvalidJob, QueueFull
 from workers.job import HEADER, Job
+from workers.policies.arguments import bind_arguments
 from workers.queues import PRIORITY_RANGE, QUEUE_NAMES
 from workers.settings import get_settings
 
@@ -87,7 +87,7 @@ def prepare(
     for name, value in kwargs.items():
         check_json(value, f"argument {name!r}")
     try:
-        inspect.signature(task.run).bind(*args, **kwargs)
+        bind_arguments(task.run, args, kwargs)
     except TypeError as exc:
         raise InvalidJob(f"arguments do not match {task.name}: {exc}", field="args") from None
     queue = queue or task.queue or "default"
@@ -267,37 +267,45 @@ def _admit_redis(
     ready_at = now + delay
     settings = get_settings()
     admit = resources.scripts().admit
+
+    def admit_arguments(job: Job) -> tuple[list[Any], list[Any]]:
+        limits = backpressure.limits_for(job.queue, settings)
+        target = publisher.list_key(job.queue, job.priority)
+        message = publisher.envelope(job, time_limit=task.time_limit)
+        message["headers"][HEADER]["ready_at"] = ready_at
+        return (
+            [
+                keys.dedup(job.key),
+                keys.delayed() if delay > 0 else target,
+                limits.full_key,
+                limits.stats_key,
+                *limits.list_keys,
+            ],
+            [
+                job.id,
+                window_ms,
+                json.dumps(message),
+                due,
+                target,
+                keys.wake(job.queue),
+                limits.high,
+                limits.low,
+                repr(limits.max_age) if limits.max_age else "0",
+                repr(now),
+                backpressure.FULL_MARKER_TTL,
+            ],
+        )
+
     try:
-        with resources.redis_client().pipeline(transaction=False) as pipe:
-            for job in jobs:
-                limits = backpressure.limits_for(job.queue, settings)
-                target = publisher.list_key(job.queue, job.priority)
-                message = publisher.envelope(job, time_limit=task.time_limit)
-                message["headers"][HEADER]["ready_at"] = ready_at
-                admit(
-                    keys=[
-                        keys.dedup(job.key),
-                        keys.delayed() if delay > 0 else target,
-                        limits.full_key,
-                        limits.stats_key,
-                        *limits.list_keys,
-                    ],
-                    args=[
-                        job.id,
-                        window_ms,
-                        json.dumps(message),
-                        due,
-                        target,
-                        keys.wake(job.queue),
-                        limits.high,
-                        limits.low,
-                        repr(limits.max_age) if limits.max_age else "0",
-                        repr(now),
-                        backpressure.FULL_MARKER_TTL,
-                    ],
-                    client=pipe,
-                )
-            replies: Sequence[Any] = pipe.execute()
+        if len(jobs) == 1:  # a pipeline would add a SCRIPT EXISTS round trip
+            keys_, args_ = admit_arguments(jobs[0])
+            replies: Sequence[Any] = [admit(keys=keys_, args=args_)]
+        else:
+            with resources.redis_client().pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    keys_, args_ = admit_arguments(job)
+                    admit(keys=keys_, args=args_, client=pipe)
+                replies = pipe.execute()
     except publisher.REDIS_ERRORS as exc:
         raise BrokerUnavailable(f"broker unavailable, job not enqueued: {exc}") from exc
     return list(replies)

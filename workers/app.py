@@ -75,7 +75,11 @@ def configure(app: Celery, settings: Settings) -> None:
         result_accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        # Our tasks never fail from Celery's point of view (the runner stores an outcome), so
+        # "failure" means a lost worker (requeued) and a hard time limit must requeue too:
+        # stock Celery would acknowledge, i.e. drop, a job its child was killed for.
+        task_acks_on_failure=True,
+        task_acks_on_timeout=False,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         result_backend=None,

@@ -80,7 +80,7 @@ def from_exception(exc: BaseException, **fields: Any) -> DeadLetterRecord:
     return DeadLetterRecord(
         exc_type=type(exc).__name__,
         exc_message=redact_text(str(exc))[:4000],
-        traceback="".join(tb.format_exception(exc))[-16000:],
+        traceback=redact_text("".join(tb.format_exception(exc)))[-16000:],
         **fields,
     )
 

@@ -131,6 +131,8 @@ def _publish_via_celery(app: Celery, jobs: list[Job], *, delay: float) -> None:
                 priority=job.priority,
                 countdown=delay or None,
                 headers={HEADER: job.header()},
+                argsrepr=safe_repr(job.args),
+                kwargsrepr=safe_repr(job.kwargs),
                 _jobs_internal=True,
             )
     except OperationalError as exc:

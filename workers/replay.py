@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workers import deadletters, publisher
+from workers import deadletters, publisher, ratelimits
 from workers.canonical import derive_key
-from workers.errors import InvalidJob
 from workers.job import Job
 from workers.redaction import REDACTED
 
@@ -40,22 +38,16 @@ DEFAULT_BATCH = 500
 #: How many refusals a summary keeps verbatim (the rest are only counted, by reason).
 MAX_REFUSALS_KEPT = 100
 
-_RATE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:/\s*(?P<unit>s|sec|m|min|h|hour))?\s*$")
-_PER_SECOND = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
-
 
 def parse_rate(text: str) -> float:
     """Jobs per second from ``"20"``, ``"20/s"``, ``"600/m"`` or ``"3600/h"``.
 
     Raises :class:`InvalidJob` (a ``ValueError``) for anything else, or a rate that is not > 0.
     """
-    match = _RATE.match(text)
-    if not match:
-        raise InvalidJob(f"rate {text!r} is not N, N/s, N/m or N/h", field="rate")
-    rate = float(match["n"]) / _PER_SECOND[match["unit"]]
-    if rate <= 0:
-        raise InvalidJob("rate must be greater than 0", field="rate")
-    return rate
+    spec = text.strip()
+    if spec.replace(".", "", 1).isdigit():
+        spec += "/s"  # a bare number means per second here
+    return ratelimits.parse_rate(spec, field="rate").per_second
 
 
 class TokenBucket:

@@ -1,9 +1,10 @@
 """``JobRequest``: the worker-side (parent process) view of a job message.
 
-Stock Celery acknowledges a job whose child process hit the hard time limit (it is gone), and
-requeues a job whose child died without limit. Here both are requeued, the dead child's claim
-is released at once (so the next run need not wait for its lease), and the claim script's
-start counter dead-letters a job that keeps killing its worker (``worker_lost_exhausted``).
+Stock Celery acknowledges (drops) a job whose child process hit the hard time limit, and
+requeues a job whose child died without limit. Here both are requeued (``task_acks_on_timeout
+=False``), the dead child's claim is released at once (so the next run need not wait for its
+lease), and the claim script's start counter dead-letters a job that keeps killing its worker
+or its time limit (``worker_lost_exhausted``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import structlog
 from billiard.exceptions import WorkerLostError
+from celery.exceptions import TimeLimitExceeded
 from celery.worker.request import Request
-from celery.worker.state import task_ready
 
 from workers.canonical import derive_key
 from workers.job import HEADER
@@ -42,17 +43,7 @@ class JobRequest(Request):  # type: ignore[misc]
         """A child that died mid-job: release its claim, then Celery requeues the message."""
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # unwrap billiard's ExceptionWithTraceback
-        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt):
+        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt | TimeLimitExceeded):
             log.warning("job_worker_lost", task_id=self.id, task=self.name, pid=self.worker_pid)
             self._release_dead_child_claim()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        """Hard time limit: the child was killed; requeue instead of acknowledging."""
-        if soft:
-            super().on_timeout(soft, timeout)
-            return
-        task_ready(self)
-        log.error("job_hard_time_limit", task_id=self.id, task=self.name, limit=timeout)
-        self._release_dead_child_claim()
-        self.reject(requeue=True)

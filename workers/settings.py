@@ -149,6 +149,17 @@ class Settings(BaseSettings):
             raise ValueError("retry_cap must be >= retry_base")
         return self
 
+    @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        # Queues, the delayed store, claims and dedup markers must live on one Redis: admission
+        # writes queue lists through redis_url while workers consume from the broker URL.
+        if self.broker_url and self.broker_is_redis and self.broker_url != self.redis_url:
+            raise ValueError(
+                "broker_url: a Redis broker must be JOBS_REDIS_URL itself (leave "
+                "JOBS_BROKER_URL unset); only a non-Redis broker (amqp://) may differ"
+            )
+        return self
+
     @property
     def effective_broker_url(self) -> str:
         """The broker URL Celery uses."""

@@ -22,6 +22,7 @@ from workers.errors import ConfigurationError, Defer, InvalidJob, Settled
 from workers.failpoints import failpoint
 from workers.job import HEADER, Job, Outcome
 from workers.policies import DEFAULT_POLICIES, Execution, Policy, declared_options
+from workers.redaction import redact_text
 from workers.settings import get_settings
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ def current_key() -> str:
     """The idempotency key of the job being run: use it to gate side effects (UNIQUE column)."""
     return current_job().key
 
+
+#: ``apply_async`` options admission understands; anything else is refused, never ignored.
+ADMISSION_OPTIONS = frozenset(
+    {"key", "queue", "priority", "countdown", "eta", "on_full", "wait_max"}
+)
 
 #: Options the decorator itself understands (the rest must be declared by a policy).
 TASK_OPTIONS = frozenset({"name", "queue", "time_limit", "priority"})
@@ -143,6 +149,24 @@ class JobTask(Task):  # type: ignore[misc]
             )
         from workers import admission  # noqa: PLC0415 - admission imports this module
 
+        unsupported = {
+            name: value
+            for name, value in {
+                "task_id": task_id,
+                "producer": producer,
+                "link": link,
+                "link_error": link_error,
+                "shadow": shadow,
+                **{k: v for k, v in options.items() if k not in ADMISSION_OPTIONS},
+            }.items()
+            if value is not None
+        }
+        if unsupported:
+            raise InvalidJob(
+                f"apply_async options not supported by jobs: {sorted(unsupported)} "
+                f"(supported: {sorted(ADMISSION_OPTIONS)})",
+                field=min(unsupported),
+            )
         ref = admission.enqueue(
             self,
             tuple(args or ()),
@@ -175,10 +199,12 @@ def run_job(
         if isinstance(exc, Defer):
             defer(job, execution, exc)
         else:
-            log.warning("job_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            log.warning("job_failed", error=type(exc).__name__, detail=redact_text(str(exc))[:200])
         for policy in reversed(entered):
             policy.after_failure(job, execution, exc)
-        return job.outcome or Outcome.DEAD
+        if job.outcome is None:
+            raise  # nothing stored the outcome: the caller must not acknowledge the message
+        return job.outcome
     for policy in reversed(entered):
         policy.after_success(job, execution)
     job.outcome = Outcome.DONE

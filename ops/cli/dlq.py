@@ -343,7 +343,7 @@ def replay_command(
     options = replay.ReplayOptions(
         dry_run=dry_run, limit=limit, rate=per_second, queue=queue, by=by or _operator()
     )
-    engine = resources.engine()
+    engine = _db(resources.engine)
     from workers.app import app as celery_app  # noqa: PLC0415 - builds the Celery app only here
 
     known = replay.registered_tasks(celery_app)
@@ -423,7 +423,7 @@ def purge_command(
     """
     selector = _selector(ids, task=task, error=error, since=since, until=until, status=status)
     _require_selection(ctx, selector, everything=everything)
-    engine = resources.engine()
+    engine = _db(resources.engine)
     matching = _db(lambda: deadletters.count(engine, selector))
     if matching == 0:
         console.print("No dead letters match; nothing deleted.")

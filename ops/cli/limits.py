@@ -12,6 +12,7 @@ from rich.table import Table
 
 from workers import ratelimits, resources
 from workers.errors import InvalidJob
+from workers.redaction import redact_text
 from workers.settings import get_settings
 
 app = typer.Typer(help="Rate limits: list, change at run time, reset.", no_args_is_help=True)
@@ -34,7 +35,9 @@ def _client() -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        errors.print(f"[red]error:[/red] Redis unreachable at {get_settings().redis_url}: {exc}")
+        errors.print(
+            f"[red]error:[/red] Redis unreachable at {redact_text(get_settings().redis_url)}: {exc}"
+        )
         raise typer.Exit(1) from None
     return client
 

@@ -44,3 +44,19 @@ def test_a_job_that_kills_its_worker_runs_three_times_then_is_dead_lettered(
     assert dead(db)[0][:2] == ("tests.kill_self", "worker_lost_exhausted")
     time.sleep(1)
     assert len(runs(db, "suicidal")) == 3
+
+
+def test_a_job_killed_by_its_hard_time_limit_is_requeued_not_dropped_then_dead_lettered(
+    clean: Any, workers: Any
+) -> None:
+    """Given a job that ignores its soft time limit until the hard one kills its process, then
+    it is requeued each time (stock Celery would acknowledge and drop it) and, after 3 starts,
+    dead-lettered as worker_lost_exhausted: never silently lost.
+    """
+    db, redis_client = clean
+    workers(concurrency=1)
+    jobs.enqueue(tasks.overrun, name="overrun")
+    wait_for(lambda: dead(db), 60, "dead letter after three hard time limits")
+    assert dead(db)[0][:2] == ("tests.overrun", "worker_lost_exhausted")
+    assert len(runs(db, "overrun")) == 3
+    wait_for(lambda: redis_client.llen("default") == 0, 10, "queue empty")

@@ -117,12 +117,12 @@ def test_script_replies_become_permits_and_states() -> None:
 
 def test_breaker_key_is_a_declared_option_and_the_breaker_runs_before_the_rate_limit() -> None:
     """``breaker_key`` is accepted by ``@job``; the breaker is checked after the claim and before
-    the rate limit (a job for a dead destination never burns a token) and before Retry (so
-    Retry decides first on failure and the breaker then counts the result).
+    the rate limit (a job for a dead destination never burns a token); Retry is entered before
+    all three, so a transient error in any of their ``before`` hooks is retried.
     """
     assert "breaker_key" in declared_options()
     names = [type(policy).__name__ for policy in DEFAULT_POLICIES]
-    order = [names.index(n) for n in ("Idempotency", "Breaker", "RateLimit", "Retry")]
+    order = [names.index(n) for n in ("Retry", "Idempotency", "Breaker", "RateLimit")]
     assert order == sorted(order)
 
 

@@ -66,3 +66,35 @@ def test_a_malformed_rate_is_refused_at_declaration_naming_the_option() -> None:
         job(name="x.rated", rate="fast")
     with pytest.raises(ConfigurationError, match="burst"):
         job(name="x.rated", rate="5/s", burst=0)
+
+
+def test_a_redis_broker_other_than_the_redis_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queues, the delayed store and claims share one Redis: a second Redis broker is an error."""
+    monkeypatch.setenv("JOBS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("JOBS_BROKER_URL", "redis://127.0.0.1:6379/1")
+    with pytest.raises(ConfigurationError, match="JOBS_REDIS_URL itself"):
+        load_settings()
+
+
+def test_apply_async_refuses_options_it_would_otherwise_ignore() -> None:
+    """task.apply_async(link=...) raises InvalidJob naming the option instead of dropping it."""
+    from tests import tasks  # noqa: PLC0415
+    from workers.errors import InvalidJob  # noqa: PLC0415
+
+    with pytest.raises(InvalidJob, match=r"\['expires', 'link'\]") as caught:
+        tasks.record.apply_async(kwargs={"name": "x"}, link="callback", expires=30)
+    assert caught.value.field == "expires"
+
+
+def test_a_dead_letter_traceback_has_url_passwords_redacted() -> None:
+    """The traceback column repeats str(exc): it is redacted like the message."""
+    from workers.deadletters import from_exception  # noqa: PLC0415
+
+    try:
+        raise ConnectionError("cannot reach postgresql://app:hunter2@db/prod")  # noqa: TRY301
+    except ConnectionError as exc:
+        record = from_exception(exc, job_id="j", task_name="t", queue="q", reason="exhausted")
+    assert "hunter2" not in (record.traceback or "")
+    assert "hunter2" not in (record.exc_message or "")

@@ -34,7 +34,6 @@ class Execution:
     time_limit: float
     func: Any = None
     token: str | None = None
-    retry_delay: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,16 +58,19 @@ class Policy(Protocol):
 
 #: The order every job goes through: arguments bind → claim the key (skip if done) → breaker
 #: closed? (else park until half-open) → take a rate-limit token (else park) → run. Parking
-#: spends no attempt. The breaker comes first so a job for a dead destination never burns a
-#: rate-limit token. after_* hooks run in reverse: Retry decides first, RateLimit and Breaker
-#: record the outcome, the claim is released, DeadLetter stores whatever nobody else settled.
+#: spends no attempt. The breaker comes before the limiter so a job for a dead destination
+#: never burns a token. Retry is entered early (its ``before`` does nothing) so a transient
+#: error in a later ``before`` (Redis blip while claiming) is retried, not dead-lettered.
+#: after_* hooks run in reverse: RateLimit and Breaker record the outcome, the claim is
+#: released, then Retry schedules the next attempt (the claim is free by then), and
+#: DeadLetter stores whatever nobody else settled.
 DEFAULT_POLICIES: tuple[Policy, ...] = (
     DeadLetter(),
     Arguments(),
+    Retry(),
     Idempotency(),
     Breaker(),
     RateLimit(),
-    Retry(),
 )
 
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, ClassVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from workers.errors import InvalidArguments
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from workers.job import Job
     from workers.policies import Execution
+
+
+@cache
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def bind_arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` when ``args``/``kwargs`` do not fit ``func`` (signature cached)."""
+    _signature(func).bind(*args, **kwargs)
 
 
 class Arguments:
@@ -20,7 +33,7 @@ class Arguments:
     def before(self, job: Job, execution: Execution) -> None:
         """Raise :class:`InvalidArguments` (→ dead letter ``invalid_args``) when they don't bind."""
         try:
-            inspect.signature(execution.func).bind(*job.args, **job.kwargs)
+            bind_arguments(execution.func, job.args, job.kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"arguments do not match {job.task}: {exc}") from None
 

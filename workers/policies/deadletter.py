@@ -7,7 +7,7 @@ that copy retries the write later without running the task again.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, ClassVar
 
 import structlog
@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger("jobs.deadletter")
 
 
+def pending_record(job: Job) -> deadletters.DeadLetterRecord:
+    """The dead letter a message carries, tolerant of fields another version wrote or omitted."""
+    pending = job.pending_dead_letter if isinstance(job.pending_dead_letter, dict) else {}
+    known = {f.name for f in fields(deadletters.DeadLetterRecord)}
+    return deadletters.DeadLetterRecord(
+        **{
+            "job_id": job.id,
+            "task_name": job.task,
+            "queue": job.queue,
+            "reason": "permanent_error",
+            **{name: value for name, value in pending.items() if name in known},
+        }
+    )
+
+
 class DeadLetter:
     """Store unsettled failures; deliver dead letters whose earlier write failed."""
 
@@ -33,8 +48,7 @@ class DeadLetter:
         """A message carrying a pending dead letter is written, never run."""
         if job.pending_dead_letter is None:
             return
-        record = deadletters.DeadLetterRecord(**job.pending_dead_letter)
-        self._store(job, execution, record)
+        self._store(job, execution, pending_record(job))
         raise Settled
 
     def after_success(self, job: Job, execution: Execution) -> None:

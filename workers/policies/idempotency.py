@@ -31,9 +31,12 @@ log = structlog.get_logger("jobs.idempotency")
 STARTS_RETENTION = 7 * 86400
 
 
+HOSTNAME = socket.gethostname()
+
+
 def owner_prefix(pid: int | None = None) -> str:
     """The claim-owner prefix of a process: ``<host>:<pid>:``."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}:"
+    return f"{HOSTNAME}:{pid or os.getpid()}:"
 
 
 class Idempotency:

@@ -56,5 +56,4 @@ class Retry:
             execution.app, [job.next_publication(attempt=job.attempt + 1)], delay=delay
         )
         job.outcome = Outcome.RETRIED
-        execution.retry_delay = delay
         log.warning("job_retry_scheduled", delay=round(delay, 3), error=type(exc).__name__)
