@@ -27,6 +27,7 @@ from workers.errors import BatchQueueFull, BrokerUnavailable, InvalidJob, QueueF
 from workers.job import HEADER, Job
 from workers.policies.arguments import bind_arguments
 from workers.queues import PRIORITY_RANGE, QUEUE_NAMES
+from workers.resources import as_text
 from workers.settings import get_settings
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ def _decide(
             full = backpressure.refusal(backpressure.limits_for(job.queue, settings), reply, now)
             refused.append(index)
         elif reply:
-            refs[index] = JobRef(id=_text(reply), key=job.key, queue=job.queue, deduplicated=True)
+            refs[index] = JobRef(id=as_text(reply), key=job.key, queue=job.queue, deduplicated=True)
         else:
             refs[index] = JobRef(id=job.id, key=job.key, queue=job.queue)
     return refused, full
@@ -311,17 +312,13 @@ def _admit_redis(
     return list(replies)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _admit_via_celery(task: JobTask, job: Job, window_ms: int, delay: float) -> JobRef:
     client = resources.redis_client()
     try:
         if not client.set(keys.dedup(job.key), job.id, nx=True, px=window_ms):
             existing = client.get(keys.dedup(job.key))
             if existing:
-                return JobRef(id=_text(existing), key=job.key, queue=job.queue, deduplicated=True)
+                return JobRef(id=as_text(existing), key=job.key, queue=job.queue, deduplicated=True)
         try:
             publisher.publish(task.app, [job], delay=delay)
         except BrokerUnavailable:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers import keys, resources
 from workers.errors import Defer, PermanentError, Throttled
+from workers.resources import as_text
 
 if TYPE_CHECKING:
     import redis
@@ -150,17 +151,13 @@ class BreakerState:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _moment(ms: int) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, UTC) if ms > 0 else None
 
 
 def parse_peek(name: str, reply: list[Any]) -> BreakerState | None:
     """A :class:`BreakerState` from the script's ``peek`` reply (None: no state kept)."""
-    state = _text(reply[0])
+    state = as_text(reply[0])
     if state == "missing":
         return None
     failures, calls, opened_at, until, inflight = (int(value) for value in reply[1:6])
@@ -178,7 +175,7 @@ def parse_peek(name: str, reply: list[Any]) -> BreakerState | None:
 
 def parse_allow(name: str, reply: list[Any]) -> Permit:
     """A :class:`Permit` from the script's ``allow`` reply."""
-    verdict, wait_ms, generation, probe = _text(reply[0]), *(int(v) for v in reply[1:4])
+    verdict, wait_ms, generation, probe = as_text(reply[0]), *(int(v) for v in reply[1:4])
     return Permit(
         name=name,
         allowed=verdict == "allow",
@@ -274,7 +271,7 @@ class Breakers:
             generation=permit.generation,
             probe=permit.probe,
         )
-        return State(_text(reply[0]))
+        return State(as_text(reply[0]))
 
     def state(self, name: str, *, now: float | None = None) -> BreakerState | None:
         """The breaker of ``name`` (None when nothing is kept for it: closed, nothing counted)."""
@@ -282,7 +279,7 @@ class Breakers:
 
     def names(self) -> list[str]:
         """Every destination with a registered breaker, sorted."""
-        return sorted(_text(member) for member in self.client.smembers(keys.breakers()))
+        return sorted(as_text(member) for member in self.client.smembers(keys.breakers()))
 
     def states(self, *, now: float | None = None) -> list[BreakerState]:
         """Every registered breaker, sorted by name (expired ones are dropped from the registry)."""

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers import keys, resources
+from workers import resources
 from workers.errors import BrokerUnavailable
 from workers.job import HEADER, Job
 from workers.redaction import safe_repr
 from workers.settings import get_settings
-from workers.transport import PRIORITY_SEP, WAKE_TOKENS
+from workers.transport import PRIORITY_SEP, put_commands
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -106,13 +106,8 @@ def publish(app: Celery, jobs: list[Job], *, delay: float = 0.0) -> None:
         with resources.redis_client().pipeline(transaction=False) as pipe:
             for job in jobs:
                 key = list_key(job.queue, job.priority)
-                raw = json.dumps(envelope(job))
-                if due:
-                    pipe.zadd(keys.delayed(), {f"{key}\n{raw}": due})
-                else:
-                    pipe.lpush(key, raw)
-                    pipe.lpush(keys.wake(job.queue), "1")
-                    pipe.ltrim(keys.wake(job.queue), 0, WAKE_TOKENS - 1)
+                for name, args in put_commands(key, job.queue, json.dumps(envelope(job)), due):
+                    getattr(pipe, name)(*args)
             pipe.execute()
     except REDIS_ERRORS as exc:
         raise BrokerUnavailable(f"broker unavailable while publishing: {exc}") from exc

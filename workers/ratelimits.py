@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers import keys
 from workers.errors import InvalidJob
+from workers.resources import as_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -239,7 +240,7 @@ class OverrideNames:
         if now - self._fetched >= self._ttl:
             with self._lock:
                 if now - self._fetched >= self._ttl:
-                    names = frozenset(_text(n) for n in client().hkeys(keys.limits()))
+                    names = frozenset(as_text(n) for n in client().hkeys(keys.limits()))
                     self._names = names
                     self._tasks = frozenset(task_of(n) for n in names)
                     self._fetched = now
@@ -248,10 +249,6 @@ class OverrideNames:
     def forget(self) -> None:
         """Refresh on next use."""
         self._fetched = -math.inf
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # -- the override store and listing -----------------------------------------------------------
@@ -331,12 +328,12 @@ def list_limits(
     inherits its task's declaration and the ``<task>`` override.
     """
     overrides = {
-        _text(name): rate
+        as_text(name): rate
         for name, value in client.hgetall(keys.limits()).items()
         if (rate := parse_stored(value)) is not None
     }
     prefix = keys.rate("")
-    live = {_text(k)[len(prefix) :] for k in client.scan_iter(match=keys.rate("*"), count=1000)}
+    live = {as_text(k)[len(prefix) :] for k in client.scan_iter(match=keys.rate("*"), count=1000)}
     names = sorted(set(declared) | set(overrides) | live)
     now_ms = (time.time() if now is None else now) * 1000
     return [_info(client, name, declared, overrides, live, recovery, now_ms) for name in names]
@@ -355,7 +352,7 @@ def _info(  # noqa: PLR0917 - a private helper of list_limits
     override = overrides.get(name) or (overrides.get(task) if task != name else None)
     factor, blocked, parked = 1.0, None, 0
     if name in live:
-        state = {_text(k): _text(v) for k, v in client.hgetall(keys.rate(name)).items()}
+        state = {as_text(k): as_text(v) for k, v in client.hgetall(keys.rate(name)).items()}
         blocked_ms = float(state.get("bu", 0))
         factor = factor_at(
             now_ms,

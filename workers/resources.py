@@ -30,6 +30,11 @@ def _ensure_process() -> None:
         _pid, _redis, _scripts, _engine = os.getpid(), None, None, None
 
 
+def as_text(value: object) -> str:
+    """A Redis reply (bytes or str) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def make_redis(url: str, settings: Settings) -> redis.Redis:
     """A Redis client that fails fast (socket timeouts, no silent retries) instead of hanging."""
     return redis.Redis.from_url(

@@ -77,6 +77,20 @@ def due_time(message: dict[str, Any]) -> float | None:
     return due if due > time.time() else None
 
 
+def put_commands(
+    list_key: str, queue: str, raw: str, due: float | None
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Redis commands that publish ``raw`` now (list + wake token) or at ``due`` (delayed store)."""
+    if due:
+        return [("zadd", (keys.delayed(), {f"{list_key}\n{raw}": due}))]
+    wake = keys.wake(queue)
+    return [
+        ("lpush", (list_key, raw)),
+        ("lpush", (wake, "1")),
+        ("ltrim", (wake, 0, WAKE_TOKENS - 1)),
+    ]
+
+
 def garbage_envelope(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
     """Wrap bytes that are not a kombu envelope so the consumer can dead-letter them."""
     return {
@@ -285,16 +299,7 @@ class ReliableChannel(kombu_redis.Channel):
         due = due_time(message)
         if due is not None:
             message["headers"]["eta"] = None  # the promoter delivers it on time
-            commands: list[tuple[str, tuple[Any, ...]]] = [
-                ("zadd", (keys.delayed(), {f"{key}\n{dumps(message)}": due}))
-            ]
-        else:
-            wake = keys.wake(queue)
-            commands = [
-                ("lpush", (key, dumps(message))),
-                ("lpush", (wake, "1")),
-                ("ltrim", (wake, 0, WAKE_TOKENS - 1)),
-            ]
+        commands = put_commands(key, queue, dumps(message), due)
         if batch is not None:
             for name, args in commands:
                 batch.add(name, *args)
