@@ -47,6 +47,12 @@ class InvalidArguments(PermanentError):
     reason = "invalid_args"
 
 
+class SsrfBlocked(PermanentError):
+    """The destination URL is not a public http(s) address (SSRF guard)."""
+
+    reason = "ssrf_blocked"
+
+
 class Retry(JobsError):
     """Retry this job after ``delay`` seconds (spends an attempt)."""
 

@@ -130,8 +130,60 @@ class Settings(BaseSettings):
     failpoint: str | None = None
     #: How many times the failpoint fires across all processes (0 = every time).
     failpoint_limit: int = Field(default=0, ge=0)
-    #: Webhook URL hosts allowed despite the SSRF guard (development and tests only).
+    # -- webhooks (jobs.webhooks) ---------------------------------------------------------
+    #: Webhook destinations allowed despite the SSRF guard (development and tests only):
+    #: host names (``localhost``), addresses (``127.0.0.1``) or networks (``127.0.0.0/8``).
     webhook_allow_hosts: tuple[str, ...] = ()
+    #: Total seconds one delivery attempt may take (connect + send + response).
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds to establish the TCP/TLS connection (bounded by webhook_timeout).
+    webhook_connect_timeout: float = Field(default=3.0, gt=0)
+    #: Bytes of a receiver's response body read (kept for the delivery record); the rest is
+    #: discarded unread.
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    #: Keep-alive connections per worker process (the pool is shared by its threads).
+    webhook_pool_size: int = Field(default=64, ge=1)
+    #: User-Agent header of every delivery.
+    webhook_user_agent: str = "jobs-platform-webhooks/0.1 (+https://www.standardwebhooks.com/)"
+    #: Destination ports refused although >= 1024 (internal services behind public names).
+    webhook_denied_ports: tuple[int, ...] = (
+        2375,
+        2376,
+        2379,
+        3306,
+        5432,
+        5672,
+        5984,
+        6379,
+        8500,
+        9200,
+        9300,
+        11211,
+        15672,
+        27017,
+    )
+    #: Seconds between attempts (attempt 1 is immediate): the Standard Webhooks schedule
+    #: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h. Its length + 1 is the attempt
+    #: budget of a delivery.
+    webhook_retry_schedule: tuple[float, ...] = (
+        5.0,
+        300.0,
+        1800.0,
+        7200.0,
+        18000.0,
+        36000.0,
+        50400.0,
+        72000.0,
+        86400.0,
+    )
+    #: Each delay is multiplied by ``uniform(1 - jitter, 1 + jitter)``.
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    #: Longest Retry-After (s) honoured; a longer one is capped to this.
+    webhook_retry_after_cap: float = Field(default=3600.0, gt=0)
+    #: Cluster-wide limit per destination host (``100/s``; empty = none). Adapts to 429s.
+    webhook_host_rate: str | None = "100/s"
+    #: Deliveries to one host allowed back to back.
+    webhook_host_burst: int = Field(default=20, ge=1)
 
     #: Flower basic auth ``user:password``; Flower refuses to start without it.
     flower_basic_auth: str | None = None
