@@ -89,6 +89,13 @@ def pytest_configure(config: pytest.Config) -> None:
     from workers.migrate import upgrade  # noqa: PLC0415 - after the environment is set
 
     upgrade(database_url)
+    from sqlalchemy import create_engine  # noqa: PLC0415
+
+    from jobs.partitions import ensure_all  # noqa: PLC0415
+
+    engine = create_engine(database_url)
+    ensure_all(engine)  # the demo domain's partitions (as `jobctl migrate` does)
+    engine.dispose()
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         conn.execute(TEST_TABLES)
     config.stash[_DB_KEY] = (name, database_url)

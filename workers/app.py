@@ -11,7 +11,14 @@ from workers.queues import QUEUE_NAMES, declarations
 from workers.settings import Settings, get_settings
 
 #: The task catalogue: modules registered by string (imported by the worker, not by us).
-CATALOGUE = ("jobs.demo",)
+CATALOGUE = (
+    "jobs.demo",
+    "jobs.partitions",
+    "jobs.views",
+    "jobs.buffers",
+    "jobs.cache",
+    "jobs.webhooks.tasks",
+)
 
 
 class BrokerSafetyStep(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -40,6 +40,12 @@ class PermanentError(JobsError):
     #: Machine-readable reason stored on the dead letter.
     reason = "permanent_error"
 
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        """``reason`` overrides the class's machine-readable reason for this error."""
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
 
 class InvalidArguments(PermanentError):
     """The message's arguments do not bind to the task's signature."""

@@ -78,3 +78,82 @@ def queue_stats(queue: str) -> str:
 def queue_full(queue: str) -> str:
     """Marker set while a queue is over its high watermark (hysteresis until the low one)."""
     return f"{PREFIX}queue:{queue}:full"
+
+
+# -- write buffers (issue 5) -----------------------------------------------------------------
+
+
+def buffer(name: str) -> str:
+    """List of a write buffer's rows, oldest at the head (compact JSON each)."""
+    return f"{PREFIX}buffer:{name}"
+
+
+def buffer_claims(name: str) -> str:
+    """Sorted set of a buffer's claimed batches: flush token -> claim deadline (unix seconds)."""
+    return f"{PREFIX}buffer:{name}:claims"
+
+
+def buffer_processing(name: str, token: str) -> str:
+    """The rows one flush (``token``) has claimed and not yet committed (newline-joined)."""
+    return f"{PREFIX}buffer:{name}:processing:{token}"
+
+
+def buffer_flush_requested(name: str) -> str:
+    """Marker set while a size-triggered flush of a buffer is enqueued and not yet started."""
+    return f"{PREFIX}buffer:{name}:flush"
+
+
+# -- cache warming (issue 5) ------------------------------------------------------------------
+
+
+def cache_value(key: str) -> str:
+    """Hash of one cached value: ``v`` version, ``d`` JSON data, ``f`` fresh-until (ms)."""
+    return f"{PREFIX}cache:value:{key}"
+
+
+def cache_lock(key: str) -> str:
+    """Per-key load lock of a cached value (value: owner token, with a lease)."""
+    return f"{PREFIX}cache:lock:{key}"
+
+
+def cache_version() -> str:
+    """Counter handing out cache load versions (taken before a load starts)."""
+    return f"{PREFIX}cache:version"
+
+
+def cache_slots(warmer: str) -> str:
+    """Sorted set of a warmer's running chunk loads (member: token, score: lease end, ms)."""
+    return f"{PREFIX}cache:slots:{warmer}"
+
+
+def cache_run(warmer: str) -> str:
+    """Hash of a warmer's current run (owner token, chunk total) held while it goes on."""
+    return f"{PREFIX}cache:run:{warmer}"
+
+
+def cache_run_done(warmer: str) -> str:
+    """Set of the chunk numbers of a warmer's current run that have finished."""
+    return f"{PREFIX}cache:run:{warmer}:done"
+
+
+# -- beat (issue 5) ---------------------------------------------------------------------------
+
+
+def beat_leader() -> str:
+    """The beat leader's lease (value: ``<fence> <identity>``, with an expiry)."""
+    return f"{PREFIX}beat:leader"
+
+
+def beat_fence() -> str:
+    """Counter of beat leaderships: each new leader gets the next (fencing) number."""
+    return f"{PREFIX}beat:fence"
+
+
+def beat_runs() -> str:
+    """Hash of schedule entry name -> unix time it last fired (kept across leaders)."""
+    return f"{PREFIX}beat:runs"
+
+
+def beat_last_tick() -> str:
+    """Unix time of the active beat's latest tick (liveness for status and the exporter)."""
+    return f"{PREFIX}beat:last_tick"

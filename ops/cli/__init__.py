@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import breakers, dlq, limits, run
+from ops.cli import breakers, dlq, limits, run, webhooks
 from workers.errors import ConfigurationError
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(limits.app, name="limits")
 app.add_typer(breakers.app, name="breakers")
+app.add_typer(webhooks.app, name="webhooks")
 run.register(app)
 
 

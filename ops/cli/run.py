@@ -30,6 +30,8 @@ DEFAULT_QUEUES = ",".join(QUEUE_NAMES)
 #: Flower binds to loopback unless told otherwise: put a TLS proxy in front to expose it.
 DEFAULT_FLOWER_ADDRESS = "127.0.0.1"
 DEFAULT_FLOWER_PORT = 5555
+#: Beat's scheduler: fires only while it holds the leader lease (scheduler/leader.py).
+BEAT_SCHEDULER = "scheduler.leader:LeaderScheduler"
 #: Commands that pass unknown options through to Celery.
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -113,25 +115,27 @@ def worker(
     )
 
 
+def beat_argv(*, loglevel: str, extra: list[str]) -> list[str]:
+    """The ``celery beat`` command line: our app with the leader-elected scheduler."""
+    return celery_command("beat", "--scheduler", BEAT_SCHEDULER, "--loglevel", loglevel, *extra)
+
+
 def beat(
     ctx: typer.Context,
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="Celery's log level."),
-    schedule: Path | None = typer.Option(
-        None, "--schedule", "-s", help="Celery beat's schedule database file."
-    ),
 ) -> None:
-    """Start the scheduler (``celery beat`` with our app).
+    """Start the scheduler (``celery beat`` with our app and leader-elected scheduler).
 
-    Run one per deployment: beat is the single source of periodic jobs.
+    Start it on several hosts if you like: exactly one is active. It holds a lease in Redis
+    (JOBS_BEAT_LEASE seconds, renewed every third of it); the others stand by and take over
+    within the lease after it dies, at once after a graceful stop. Last runs live in Redis,
+    so a new leader neither repeats a tick nor fires a burst of missed ones.
 
-    Usage: jobctl beat [-l LEVEL] [-s FILE] [-- CELERY OPTIONS]
+    Usage: jobctl beat [-l LEVEL] [-- CELERY OPTIONS]
 
-    Example: jobctl beat -l INFO -s /var/lib/jobs/celerybeat-schedule
+    Example: JOBS_BEAT_LEASE=12 jobctl beat -l INFO
     """
-    argv = celery_command("beat", "--loglevel", loglevel)
-    if schedule is not None:
-        argv += ["--schedule", str(schedule)]
-    exec_celery(argv + list(ctx.args))
+    exec_celery(beat_argv(loglevel=loglevel, extra=list(ctx.args)))
 
 
 def flower_argv(*, address: str, port: int, extra: list[str]) -> list[str]:
@@ -188,6 +192,7 @@ def migrate() -> None:
     from sqlalchemy import create_engine, make_url  # noqa: PLC0415
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
+    from jobs.partitions import ensure_all  # noqa: PLC0415
     from workers.migrate import upgrade  # noqa: PLC0415
     from workers.settings import get_settings  # noqa: PLC0415
 
@@ -198,6 +203,8 @@ def migrate() -> None:
         before = current_revision(engine)
         upgrade(url)
         after = current_revision(engine)
+        # Partitioned tables need their current and next partitions before the first insert.
+        created = [name for result in ensure_all(engine) for name in result.created]
         engine.dispose()
     except SQLAlchemyError as exc:
         errors.print(f"migration of {shown} failed: {exc}", markup=False, soft_wrap=True)
@@ -206,6 +213,8 @@ def migrate() -> None:
         console.print(f"{shown}: already at head (revision {after}); nothing to do.")
     else:
         console.print(f"{shown}: migrated from revision {before or 'none'} to {after} (head).")
+    if created:
+        console.print(f"partitions created: {', '.join(created)}")
 
 
 def demo(

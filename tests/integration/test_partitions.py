@@ -491,6 +491,10 @@ def test_alembic_autogenerate_does_not_see_run_time_partitions_as_tables_to_drop
 
     assert not runtime & removed_tables(diffs)
     assert not [d for d in diffs if "view_refresh_state" in repr(d)]
+    added = [d for d in diffs if isinstance(d, tuple) and d[0] == "add_table"]
+    assert added == [], "workers.db.metadata has tables no migration creates"
+    # Only tables the tests create themselves (test_*, pt_*) are unknown to the metadata.
+    assert {t for t in removed_tables(diffs) if not t.startswith(("test_", "pt_"))} == set()
 
 
 def test_ensure_is_fast_enough_to_run_often(pg: psycopg.Connection[Any]) -> None:
