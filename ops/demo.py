@@ -9,7 +9,9 @@
    deduplicated at enqueue, and two messages are delivered twice (skipped at execution).
 4. "Fix the cause" of the fixable failures (lift the holds on blocked orders), replay their
    dead letters with :func:`workers.replay.replay`, and show each is charged exactly once.
-5. Stop the worker and whatever servers it started.
+5. The data and webhook workloads (:mod:`ops.demo_domain`): partitions, events through the
+   write buffer, the materialized view, the warmed cache, signed webhooks with one retry.
+6. Stop the worker and whatever servers it started.
 
 ``workers`` and ``jobs`` are imported only after the environment points at the demo's
 services: settings are read once per process.
@@ -36,6 +38,7 @@ from rich.table import Table
 from ops.services import Services, ensure_services, libpq_url
 from ops.workerproc import WorkerProcess
 from workers.errors import JobsError
+from workers.queues import QUEUE_NAMES
 from workers.redaction import redact_text
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from jobs import JobRef
+    from ops.demo_domain import DataSummary
 
 #: Where embedded servers and the worker log live (project-local).
 DEFAULT_DATA_DIR = Path(".jobs-data")
@@ -60,6 +64,12 @@ PHASE_TIMEOUT = 45.0
 #: Why the demo puts some orders on hold (the fixable cause of their dead letters).
 HOLD_REASON = "fraud review pending"
 TASK_NAME = "demo.charge_order"
+#: Webhooks of the demo: the SSRF guard's development allow-list (its receiver listens on
+#: loopback) and retries after seconds instead of minutes.
+DEMO_WEBHOOK_ENVIRONMENT = {
+    "JOBS_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+    "JOBS_WEBHOOK_RETRY_SCHEDULE": "[0.5, 1, 2]",
+}
 
 
 class DemoError(RuntimeError):
@@ -125,6 +135,7 @@ class Summary:
     replay_succeeded: int = 0
     still_dead: int = 0
     dead_by_error: dict[str, int] = field(default_factory=dict)
+    data: DataSummary | None = None
 
 
 @dataclass(slots=True)
@@ -132,6 +143,8 @@ class DemoWorker(WorkerProcess):
     """The demo's worker: a ``celery worker`` subprocess in its own process group."""
 
     name: str = "demo"
+    #: Every queue: the later phases run buffers, maintenance, cache and webhooks jobs.
+    queues: str = ",".join(QUEUE_NAMES)
 
     def check_alive(self) -> None:
         """Raise :class:`DemoError` (with the log's tail) if the worker has exited."""
@@ -186,6 +199,7 @@ def demo_environment(redis_url: str, database_url: str) -> dict[str, str]:
         if key not in {"JOBS_BROKER_URL", "JOBS_EXTRA_TASK_MODULES", "JOBS_FAILPOINT"}
     }
     env.update(JOBS_REDIS_URL=redis_url, JOBS_DATABASE_URL=database_url, JOBS_ENV="dev")
+    env.update(DEMO_WEBHOOK_ENVIRONMENT)
     return env
 
 
@@ -233,6 +247,7 @@ class Demo:
             self._charge()
             self._redeliver()
             self._fix_and_replay()
+            self._data()
         except DemoError:
             raise
         except (OSError, RuntimeError, subprocess.SubprocessError, psycopg.Error, redis.RedisError,
@@ -280,8 +295,11 @@ class Demo:
         upgrade(database_url)
         with self._engine().begin() as conn:
             conn.exec_driver_sql(
-                "TRUNCATE dead_letters, demo_payments, demo_blocked_orders RESTART IDENTITY"
+                "TRUNCATE dead_letters, demo_payments, demo_blocked_orders, events,"
+                " view_refresh_state, webhook_deliveries, webhook_messages, webhook_endpoints"
+                " RESTART IDENTITY"
             )
+            conn.exec_driver_sql("REFRESH MATERIALIZED VIEW mv_daily_stats")  # empty again
         self.console.print("  • schema migrated to head")
         self.worker = DemoWorker(env, self.data_dir / "demo-worker.log").start()
         self.console.print(
@@ -315,7 +333,7 @@ class Demo:
             f"Enqueued the first {len(duplicates)} again (a producer retrying): "
             f"{self.summary.deduplicated_at_enqueue} deduplicated, same job ids returned."
         )
-        self._progress("Processing", len(self.orders), self._outcomes)
+        self.progress("Processing", len(self.orders), self._outcomes)
         self._count()
 
     def _redeliver(self) -> None:
@@ -359,7 +377,7 @@ class Demo:
         before = self.summary.done
         result = replay(engine, Selector(error="OrderBlocked"), ReplayOptions(by="jobctl demo"))
         self.summary.replayed = result.replayed
-        self._progress(
+        self.progress(
             "Replaying", result.replayed, lambda: self._payments() - before, what="replays"
         )
         self._count()
@@ -369,6 +387,11 @@ class Demo:
             f"once each. Still dead: {self.summary.still_dead} (a negative amount is bad input: "
             "replay keeps the original arguments, so the producer must enqueue a corrected job)."
         )
+
+    def _data(self) -> None:
+        from ops.demo_domain import DataDemo  # noqa: PLC0415 - imports jobs: after the environment
+
+        self.summary.data = DataDemo(self).run()
 
     def _shutdown(self) -> None:
         if self.worker is not None:
@@ -425,9 +448,21 @@ class Demo:
         self.summary.still_dead = int(still)
         self.summary.skipped_at_execution = int(client.get(keys.counter("duplicates_skipped")) or 0)
 
-    def _progress(
-        self, label: str, total: int, completed: Callable[[], int], *, what: str = "jobs"
+    def check_worker(self) -> None:
+        """Raise :class:`DemoError` (with its log's tail) if the worker has exited."""
+        if self.worker is not None:
+            self.worker.check_alive()
+
+    def progress(
+        self,
+        label: str,
+        total: int,
+        completed: Callable[[], int],
+        *,
+        what: str = "jobs",
+        timeout: float = PHASE_TIMEOUT,
     ) -> None:
+        """A progress bar of ``completed()`` out of ``total``, until done or ``timeout``."""
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -439,10 +474,14 @@ class Demo:
 
             def tick() -> None:
                 progress.update(task, completed=completed())
-                if self.worker is not None:
-                    self.worker.check_alive()
+                self.check_worker()
 
-            wait_until(lambda: completed() >= total, f"{total} {what} to finish", on_tick=tick)
+            wait_until(
+                lambda: completed() >= total,
+                f"{total} {what} to finish",
+                timeout=timeout,
+                on_tick=tick,
+            )
             progress.update(task, completed=total)
 
 
@@ -450,7 +489,7 @@ def summary_table(summary: Summary) -> Table:
     """The final summary as a rich table."""
     table = Table(title="Demo summary", show_header=True, header_style="bold")
     table.add_column("Outcome")
-    table.add_column("Jobs", justify="right")
+    table.add_column("Count", justify="right")
     dead = ", ".join(f"{error} {n}" for error, n in summary.dead_by_error.items())
     rows: list[tuple[str, Any]] = [
         ("enqueued (distinct jobs)", summary.enqueued),
@@ -465,6 +504,10 @@ def summary_table(summary: Summary) -> Table:
     ]
     for label, value in rows:
         table.add_row(label, str(value))
+    if summary.data is not None:
+        table.add_section()
+        for label, value in summary.data.rows():
+            table.add_row(label, f"{value:,}")
     return table
 
 

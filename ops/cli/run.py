@@ -239,7 +239,7 @@ def demo(
     ),
     orders: int = typer.Option(40, "--orders", min=10, max=10_000, help="Orders to charge."),
 ) -> None:
-    """Run the end-to-end demo: charge orders, retry, dead-letter, fix, replay.
+    """Run the end-to-end demo: payments, buffers, views, cache warming, signed webhooks.
 
     Reuses Redis and PostgreSQL on the standard ports, else starts embedded ones (and stops
     them afterwards). Uses its own database and Redis DB number; exits 0 when every job has

@@ -22,21 +22,25 @@ def summary_rows(output: str) -> dict[str, int]:
     """``label -> count`` from the demo's summary table (rich box drawing stripped)."""
     rows = {}
     for line in output.splitlines():
-        match = re.match(r"^│ (?P<label>.+?)\s+│\s+(?P<n>\d+) │$", line)
+        match = re.match(r"^│ (?P<label>.+?)\s+│\s+(?P<n>[\d,]+) │$", line)
         if match:
-            rows[re.sub(r" \(.*\)$", "", match["label"])] = int(match["n"])
+            rows[re.sub(r" \(.*\)$", "", match["label"])] = int(match["n"].replace(",", ""))
     return rows
 
 
-def test_jobctl_demo_charges_dead_letters_replays_and_exits_zero(
+def test_jobctl_demo_charges_replays_writes_events_refreshes_warms_delivers_and_exits_zero(
     worker_env: dict[str, str], redis_client: Any, tmp_path: Path
 ) -> None:
-    """``jobctl demo`` exits 0 and its summary shows every outcome of the planned mix.
+    """``jobctl demo`` exits 0 and its summary shows every outcome of every phase.
 
     Given the test's Redis and PostgreSQL servers, when the demo runs with its own database,
     Redis DB number and data directory, then 35 orders are charged at first (11 after a
     retry), 5 are dead-lettered, 3 duplicates are deduplicated at enqueue, 2 redeliveries are
-    skipped at execution, and the 4 fixable dead letters are replayed and charged once.
+    skipped at execution, and the 4 fixable dead letters are replayed and charged once; then
+    the events table has its partitions (the current month, 3 ahead, DEFAULT), exactly 20,000
+    buffered events reach it, mv_daily_stats shows 7 days, the 7 warmed keys serve today's
+    read from the cache, and 10 order.paid webhooks are delivered in 11 signed, verified
+    requests: one delivery retried after a 503.
     """
     redis_server, session_db = os.environ["JOBS_REDIS_URL"].rsplit("/", 1)
     postgres_server = os.environ["JOBS_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
@@ -79,7 +83,9 @@ def test_jobctl_demo_charges_dead_letters_replays_and_exits_zero(
     worker_log = tmp_path / "data" / "demo-worker.log"
     assert result.returncode == 0, output + (worker_log.read_text() if worker_log.exists() else "")
     assert "(reused)" in output
-    assert summary_rows(output) == {
+    rows = summary_rows(output)
+    assert rows.pop("partitions of events") >= 5
+    assert rows == {
         "enqueued": 40,
         "done": 39,
         "retried, then succeeded": 11,
@@ -89,5 +95,16 @@ def test_jobctl_demo_charges_dead_letters_replays_and_exits_zero(
         "replayed after the fix": 4,
         "replayed, then succeeded": 4,
         "still dead-lettered": 1,
+        "events buffered, then flushed to PostgreSQL": 20_000,
+        "mv_daily_stats days after views.refresh": 7,
+        "cache keys warmed": 7,
+        "cache reads served from cache": 1,
+        "webhooks published": 10,
+        "webhooks delivered": 10,
+        "webhook requests": 11,
+        "webhook deliveries retried after a 503": 1,
+        "webhook signatures verified": 11,
     }
     assert "OrderBlocked 4, PaymentDeclined 1" in output
+    assert "0 in events_default" in output
+    assert "order-1001-paid: attempt 1 → 503, attempt 2 → 200" in output
