@@ -550,7 +550,8 @@ def test_threads_share_one_pool(server: CountingServer, make_sender: Callable[..
     """Given one sender with a pool of 4, When 8 threads post 5 times each,
     Then all 40 posts succeed over at most 4 connections.
     """
-    client = make_sender(allow=LOOPBACK, pool_size=4)
+    # A generous deadline: on a loaded machine a thread may wait for a free connection.
+    client = make_sender(allow=LOOPBACK, pool_size=4, timeout=10.0)
     statuses: list[int] = []
 
     def work() -> None:
