@@ -98,7 +98,7 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from jobs.partitions import ensure_partitions  # noqa: PLC0415
     from jobs.views import refresh_view  # noqa: PLC0415
     from workers.migrate import upgrade  # noqa: PLC0415
-    from workers.settings import PartitionSpec, ViewSpec  # noqa: PLC0415
+    from workers.registries import PartitionSpec, ViewSpec  # noqa: PLC0415
 
     upgrade(url)
     engine = create_engine(url)

@@ -33,246 +33,93 @@ touched (a task naming another table is refused as a permanent error).
 
 A ``clock`` argument (``Clock``, default UTC now) lets tests move time across month and year
 boundaries and over skipped runs.
+
+Modules: the pure range and name arithmetic is :mod:`jobs.partition_ranges`; connections,
+advisory keys and error classification (shared with ``jobs.views``) are
+:mod:`jobs.maintenance`. Their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 import psycopg
-import sqlalchemy.exc
 import structlog
 from psycopg import sql
 from sqlalchemy import Engine
 
+from jobs.maintenance import PG14, Clock, advisory_key, classified, pg_connect, utcnow
+from jobs.partition_ranges import (
+    MAX_CATCH_UP,
+    Interval,
+    Range,
+    add_intervals,
+    default_partition_name,
+    interval_start,
+    name_range,
+    parse_bound,
+    partition_name,
+    planned_ranges,
+    retention_cutoff,
+    shift_months,
+)
 from workers import resources
-from workers.errors import PermanentError, Retry
-from workers.settings import PartitionSpec, Settings, get_settings
+from workers.errors import PermanentError
+from workers.registries import PartitionSpec
+from workers.settings import Settings, get_settings
 from workers.task import job
+
+__all__ = [
+    "ADVISORY_WAIT",
+    "DEFAULT_LOCK_TIMEOUT",
+    "MAX_CATCH_UP",
+    "PG14",
+    "SCHEDULE_SECONDS",
+    "Clock",
+    "DropResult",
+    "EnsureResult",
+    "Interval",
+    "Partition",
+    "Range",
+    "TableInfo",
+    "add_intervals",
+    "advisory_key",
+    "classified",
+    "default_partition_name",
+    "default_partition_rows",
+    "drop_expired",
+    "drop_expired_partitions",
+    "ensure",
+    "ensure_all",
+    "ensure_partitions",
+    "future_partitions",
+    "interval_start",
+    "name_range",
+    "parse_bound",
+    "partition_name",
+    "pg_connect",
+    "planned_ranges",
+    "retention_cutoff",
+    "schedule_entries",
+    "shift_months",
+    "spec_for",
+    "utcnow",
+]
 
 log = structlog.get_logger("jobs.partitions")
 
-#: What the functions here call to learn the time (tests pass a fake one).
-Clock = Callable[[], datetime]
-Interval = Literal["day", "week", "month"]
-
-#: Intervals a skipped run may catch up at most (older ranges are left to the DEFAULT
-#: partition, if any): a table not maintained for years must not get thousands of tables.
-MAX_CATCH_UP = 400
-#: PostgreSQL 14: ``DETACH PARTITION ... CONCURRENTLY``, ``client_connection_check_interval``.
-PG14 = 140000
 #: Seconds of ``SET LOCAL lock_timeout`` for DDL when the caller gives none.
 DEFAULT_LOCK_TIMEOUT = 5.0
 #: Longest wait (s) for another run on the same table (then: lock timeout, retried later).
 ADVISORY_WAIT = 120.0
-_BOUND = re.compile(r"^FOR VALUES FROM \((?P<lo>.+)\) TO \((?P<hi>.+)\)$")
-_NAME_SUFFIX = re.compile(r"_p(?P<stamp>[0-9]{6}|[0-9]{8})$")
 _BOUND_FORMATS = {
     "timestamp with time zone": "%Y-%m-%d %H:%M:%S+00",
     "timestamp without time zone": "%Y-%m-%d %H:%M:%S",
     "date": "%Y-%m-%d",
 }
-
-
-def utcnow() -> datetime:
-    """The real clock: the current time in UTC."""
-    return datetime.now(UTC)
-
-
-# -- time arithmetic (pure) --------------------------------------------------------------------
-
-
-def interval_start(moment: datetime, interval: Interval) -> datetime:
-    """The start (UTC midnight; Monday for weeks; the 1st for months) of ``moment``'s interval."""
-    moment = moment.astimezone(UTC)
-    day = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
-    if interval == "day":
-        return day
-    if interval == "week":
-        return day - timedelta(days=day.weekday())
-    return day.replace(day=1)
-
-
-def shift_months(moment: datetime, months: int) -> datetime:
-    """``moment`` moved by whole calendar months (the day clamped to the target month's end)."""
-    index = moment.year * 12 + moment.month - 1 + months
-    year, month = divmod(index, 12)
-    month += 1
-    next_first = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=moment.tzinfo)
-    last_day = (next_first - timedelta(days=1)).day
-    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
-
-
-def add_intervals(start: datetime, interval: Interval, count: int) -> datetime:
-    """``start`` moved by ``count`` intervals (negative moves back)."""
-    if interval == "day":
-        return start + timedelta(days=count)
-    if interval == "week":
-        return start + timedelta(weeks=count)
-    return shift_months(start, count)
-
-
-def retention_cutoff(now: datetime, retention: tuple[int, str] | None) -> datetime | None:
-    """``now - retention`` (calendar months and years); None when everything is kept."""
-    if retention is None:
-        return None
-    count, unit = retention
-    if unit == "day":
-        return now - timedelta(days=count)
-    if unit == "week":
-        return now - timedelta(weeks=count)
-    return shift_months(now, -count * (12 if unit == "year" else 1))
-
-
-def partition_name(table: str, interval: Interval, start: datetime) -> str:
-    """``<table>_pYYYYMM`` for months, ``<table>_pYYYYMMDD`` (the first day) otherwise."""
-    stamp = start.strftime("%Y%m") if interval == "month" else start.strftime("%Y%m%d")
-    return f"{table}_p{stamp}"
-
-
-def default_partition_name(table: str) -> str:
-    """The DEFAULT partition of ``table``: ``<table>_default``."""
-    return f"{table}_default"
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """One partition's name and ``[start, end)`` bounds (UTC)."""
-
-    name: str
-    start: datetime
-    end: datetime
-
-    def overlaps(self, start: datetime | None, end: datetime | None) -> bool:
-        """Whether ``[start, end)`` (None: unbounded) shares an instant with this range."""
-        return (start is None or start < self.end) and (end is None or self.start < end)
-
-
-def planned_ranges(
-    spec: PartitionSpec, now: datetime, *, last_end: datetime | None = None
-) -> list[Range]:
-    """The ranges that must exist at ``now``: the current interval and ``premake`` more.
-
-    ``last_end`` is the upper bound of the newest existing partition: when it lies before the
-    current interval (runs were skipped), the ranges in between are planned too, so rows of the
-    missed intervals get their partitions (bounded by retention and :data:`MAX_CATCH_UP`).
-    """
-    current = interval_start(now, spec.interval)
-    first = current
-    if last_end is not None and last_end < current:
-        first = interval_start(last_end, spec.interval)
-        if first < last_end:  # not on our grid: start at the next boundary
-            first = add_intervals(first, spec.interval, 1)
-        cutoff = retention_cutoff(now, spec.retention_parts)
-        if cutoff is not None:
-            first = max(first, interval_start(cutoff, spec.interval))
-        first = max(first, add_intervals(current, spec.interval, -MAX_CATCH_UP))
-    end = add_intervals(current, spec.interval, spec.premake + 1)
-    ranges = []
-    start = first
-    while start < end:
-        following = add_intervals(start, spec.interval, 1)
-        ranges.append(Range(partition_name(spec.table, spec.interval, start), start, following))
-        start = following
-    return ranges
-
-
-def parse_bound(expression: str) -> tuple[datetime | None, datetime | None] | None:
-    """``(start, end)`` of a ``pg_get_expr(relpartbound)`` text; None for DEFAULT.
-
-    MINVALUE / MAXVALUE become None. Raises ``ValueError`` for other partition kinds.
-    """
-    if expression == "DEFAULT":
-        return None
-    match = _BOUND.match(expression)
-    if match is None:
-        raise ValueError(f"not a single-column range bound: {expression!r}")
-    return _bound_value(match["lo"]), _bound_value(match["hi"])
-
-
-def _bound_value(text: str) -> datetime | None:
-    if text in {"MINVALUE", "MAXVALUE"}:
-        return None
-    value = datetime.fromisoformat(text.strip("'"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def name_range(spec: PartitionSpec, name: str) -> Range | None:
-    """The range a table named like our partitions covers (None if the name is not ours).
-
-    For detached leftovers, whose bounds are gone with the detach. An 8-digit stamp under a
-    monthly spec (an older day/week layout) is read as a week: the longer guess drops later.
-    """
-    if not name.startswith(f"{spec.table}_p"):
-        return None
-    match = _NAME_SUFFIX.search(name)
-    if match is None or match.start() != len(spec.table):
-        return None
-    stamp = match["stamp"]
-    if len(stamp) == 6:  # noqa: PLR2004 - YYYYMM
-        start = datetime.strptime(stamp, "%Y%m").replace(tzinfo=UTC)
-        return Range(name, start, shift_months(start, 1))
-    start = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC)
-    interval: Interval = "day" if spec.interval == "day" else "week"
-    return Range(name, start, add_intervals(start, interval, 1))
-
-
-# -- connections (shared with jobs.views) ------------------------------------------------------
-
-
-def advisory_key(kind: str, name: str) -> int:
-    """A stable signed 64-bit advisory-lock key for ``(kind, name)`` (same on every host)."""
-    digest = hashlib.blake2b(f"jobs-maintenance:{kind}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-@contextmanager
-def pg_connect(
-    engine: Engine, *, application_name: str = "jobs-maintenance", connect_timeout: int = 5
-) -> Iterator[psycopg.Connection[Any]]:
-    """A dedicated autocommit psycopg connection to ``engine``'s database (closed after).
-
-    Dedicated, not pooled: maintenance sets session state (time zone, advisory locks) and runs
-    statements that refuse transaction blocks (``DETACH ... CONCURRENTLY``). Its time zone is
-    UTC so partition bounds read back in UTC.
-    """
-    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(
-        conninfo,
-        autocommit=True,
-        connect_timeout=connect_timeout,
-        application_name=application_name[:63],
-    ) as conn:
-        conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'")
-        yield conn
-
-
-@contextmanager
-def classified(what: str) -> Iterator[None]:
-    """Turn database errors into our control flow: transient → Retry, the rest → permanent.
-
-    Operational errors (connection lost, lock or statement timeout, serialization failure,
-    deadlock, server shutting down) are retried; programming, data and integrity errors
-    (undefined or duplicate object, privileges, constraint violations) cannot succeed by
-    retrying and become :class:`PermanentError`.
-    """
-    try:
-        yield
-    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
-        raise Retry(message=f"{what}: {type(exc).__name__}: {exc}".strip()) from exc
-    except (
-        psycopg.ProgrammingError,
-        psycopg.DataError,
-        psycopg.IntegrityError,
-        psycopg.NotSupportedError,
-    ) as exc:
-        raise PermanentError(f"{what}: {type(exc).__name__}: {exc}".strip()) from exc
 
 
 # -- catalogue reads ---------------------------------------------------------------------------

@@ -40,11 +40,12 @@ from psycopg import sql
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from jobs.partitions import PG14, Clock, advisory_key, classified, pg_connect, utcnow
+from jobs.maintenance import PG14, Clock, advisory_key, classified, pg_connect, utcnow
 from workers import resources
 from workers.db import view_refresh_state
 from workers.errors import PermanentError
-from workers.settings import Settings, ViewSpec, get_settings
+from workers.registries import ViewSpec
+from workers.settings import Settings, get_settings
 from workers.task import job
 
 log = structlog.get_logger("jobs.views")

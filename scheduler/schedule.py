@@ -21,7 +21,8 @@ from typing import Any
 from celery.schedules import BaseSchedule, crontab
 
 from workers.errors import ConfigurationError
-from workers.settings import BeatEntrySpec, BeatFamily, Settings
+from workers.registries import BeatEntrySpec, BeatFamily
+from workers.settings import Settings
 from workers.task import ADMISSION_OPTIONS
 
 #: The module whose ``schedule_entries(settings)`` gives each family's entries.

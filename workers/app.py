@@ -15,8 +15,8 @@ CATALOGUE = (
     "jobs.demo",
     "jobs.partitions",
     "jobs.views",
-    "jobs.buffers",
-    "jobs.cache",
+    "jobs.buffers.tasks",
+    "jobs.cache.tasks",
     "jobs.webhooks.tasks",
 )
 

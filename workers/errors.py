@@ -59,6 +59,12 @@ class SsrfBlocked(PermanentError):
     reason = "ssrf_blocked"
 
 
+class RowRejected(PermanentError):
+    """The database refused the row; retrying the same values will not help."""
+
+    reason = "row_rejected"
+
+
 class Retry(JobsError):
     """Retry this job after ``delay`` seconds (spends an attempt)."""
 

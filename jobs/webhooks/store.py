@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.webhooks import signing
@@ -287,21 +287,42 @@ def store_deliveries(conn: Connection, event_id: str, endpoint_ids: list[int]) -
     return sorted(row.endpoint_id for row in rows)
 
 
+#: One attempt's data in one statement, built once (bound per call).
+_ATTEMPT_QUERY = (
+    select(
+        webhook_deliveries.c.id.label("delivery_id"),
+        webhook_deliveries.c.status,
+        webhook_messages.c.body,
+        *[column.label(f"endpoint_{column.name}") for column in webhook_endpoints.columns],
+    )
+    .select_from(
+        webhook_deliveries.join(
+            webhook_endpoints, webhook_endpoints.c.id == webhook_deliveries.c.endpoint_id
+        ).join(webhook_messages, webhook_messages.c.event_id == webhook_deliveries.c.event_id)
+    )
+    .where(
+        and_(
+            webhook_deliveries.c.event_id == bindparam("event_id"),
+            webhook_deliveries.c.endpoint_id == bindparam("endpoint_id"),
+        )
+    )
+)
+
+
+def autocommit(engine: Engine) -> Connection:
+    """A connection whose single statements commit themselves (no BEGIN/COMMIT round trips).
+
+    A delivery attempt reads once and writes once; each statement is atomic on its own.
+    """
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
 def load_attempt(engine: Engine, *, event_id: str, endpoint_id: int) -> Attempt | None:
     """The delivery, its endpoint and the body to send, in one query (``None``: not found)."""
-    d, e, m = webhook_deliveries, webhook_endpoints, webhook_messages
-    query = (
-        select(
-            d.c.id.label("delivery_id"),
-            d.c.status,
-            m.c.body,
-            *[column.label(f"endpoint_{column.name}") for column in e.columns],
-        )
-        .select_from(d.join(e, e.c.id == d.c.endpoint_id).join(m, m.c.event_id == d.c.event_id))
-        .where(and_(d.c.event_id == event_id, d.c.endpoint_id == endpoint_id))
-    )
-    with engine.connect() as conn:
-        row = conn.execute(query).one_or_none()
+    with autocommit(engine) as conn:
+        row = conn.execute(
+            _ATTEMPT_QUERY, {"event_id": event_id, "endpoint_id": endpoint_id}
+        ).one_or_none()
     if row is None:
         return None
     mapping = row._mapping  # noqa: SLF001 - SQLAlchemy's public row mapping accessor
@@ -351,7 +372,7 @@ def record_attempt(
     }
     if status is Status.DELIVERED:
         values["delivered_at"] = now
-    with engine.begin() as conn:
+    with autocommit(engine) as conn:
         conn.execute(
             update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(values)
         )

@@ -22,7 +22,7 @@ from ops.services import libpq_url
 from tests.support.worker import wait_for
 from workers import resources
 from workers.errors import PermanentError
-from workers.settings import PartitionSpec
+from workers.registries import PartitionSpec
 
 NYE = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
 #: Test-local partitioned tables (created and dropped by the fixture).

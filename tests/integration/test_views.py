@@ -27,7 +27,7 @@ from ops.services import libpq_url
 from tests.support.worker import wait_for
 from workers import resources
 from workers.errors import PermanentError, Retry
-from workers.settings import ViewSpec
+from workers.registries import ViewSpec
 
 SLOW = ViewSpec(view="test_slow_mv", interval=60, statement_timeout=120, lock_timeout=5)
 PLAIN = SLOW.model_copy(update={"concurrently": False})

@@ -13,7 +13,8 @@ import pytest
 
 from jobs import buffers
 from workers.errors import ConfigurationError, InvalidJob
-from workers.settings import DEFAULT_BUFFERS, BufferSpec, Settings, load_settings
+from workers.registries import DEFAULT_BUFFERS, BufferSpec
+from workers.settings import Settings, load_settings
 
 EVENTS = DEFAULT_BUFFERS["events"]
 
@@ -277,7 +278,7 @@ def test_the_buffer_tasks_are_registered_with_their_wire_names_and_queue() -> No
     """Given the catalogue, then buffers.flush and buffers.write_row are jobs on 'buffers'."""
     from workers.app import CATALOGUE  # noqa: PLC0415
 
-    assert "jobs.buffers" in CATALOGUE
+    assert "jobs.buffers.tasks" in CATALOGUE
     assert buffers.flush_buffer.name == "buffers.flush"
     assert buffers.write_row.name == "buffers.write_row"
     assert buffers.flush_buffer.queue == buffers.write_row.queue == "buffers"

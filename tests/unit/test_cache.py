@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from jobs import cache
 from tests import tasks_cache
 from workers.errors import ConfigurationError, InvalidJob
-from workers.settings import Settings, WarmerSpec, template_fields
+from workers.registries import WarmerSpec, template_fields
+from workers.settings import Settings
 
 
 def test_values_are_stored_as_json_with_dates_decimals_and_uuids_made_plain() -> None:

@@ -21,7 +21,8 @@ from jobs.partitions import (
     shift_months,
 )
 from workers.errors import ConfigurationError, PermanentError
-from workers.settings import PartitionSpec, Settings, ViewSpec, load_settings
+from workers.registries import PartitionSpec, ViewSpec
+from workers.settings import Settings, load_settings
 
 NYE = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
 

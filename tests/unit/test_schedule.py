@@ -15,7 +15,8 @@ from scheduler.schedule import (
     check_entry,
 )
 from workers.errors import ConfigurationError
-from workers.settings import BEAT_FAMILIES, BeatEntrySpec, Settings
+from workers.registries import BEAT_FAMILIES, BeatEntrySpec
+from workers.settings import Settings
 from workers.task import ADMISSION_OPTIONS
 
 
