@@ -223,7 +223,10 @@ def test_get_or_load_serves_stale_while_one_refresh_job_reloads(
         started = time.monotonic()
         results = list(pool.map(lambda _: read(), range(20)))
         waited = time.monotonic() - started
-    assert results == [first] * 20
+    # Readers get the stale value without waiting; one that comes after the refresh job
+    # has already stored the new value gets that instead (the job is fast).
+    assert results[0] == first
+    assert all(result == first or result["call"] == 2 for result in results), results
     assert waited < 1.0
 
     def refreshed() -> Any:
