@@ -225,7 +225,7 @@ def test_get_or_load_serves_stale_while_one_refresh_job_reloads(
         waited = time.monotonic() - started
     # Readers get the stale value without waiting; one that comes after the refresh job
     # has already stored the new value gets that instead (the job is fast).
-    assert results[0] == first
+    assert first in results
     assert all(result == first or result["call"] == 2 for result in results), results
     assert waited < 1.0
 
