@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers import backpressure, keys, publisher, resources
+from workers import backpressure, counters, keys, publisher, resources
 from workers.backpressure import OnFull
 from workers.canonical import check_json, derive_key
 from workers.errors import BatchQueueFull, BrokerUnavailable, InvalidJob, QueueFull
@@ -294,6 +294,8 @@ def _admit_redis(
                 repr(limits.max_age) if limits.max_age else "0",
                 repr(now),
                 backpressure.FULL_MARKER_TTL,
+                keys.counters(),
+                counters.field(counters.BACKPRESSURE_REJECTED, job.queue),
             ],
         )
 

@@ -19,7 +19,7 @@ import structlog
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from workers import deadletters, resources
+from workers import counters, deadletters, resources
 from workers.errors import DeadLetterUnavailable
 from workers.failpoints import failpoint
 from workers.settings import get_settings
@@ -126,6 +126,7 @@ class JobsConsumer(Consumer):  # type: ignore[misc]
             log.error("poison_message_deferred", reason=reason, job_id=record.job_id)
             return
         failpoint("after_dead_letter")
+        counters.incr(counters.DEAD_LETTERED, record.task_name)
         message.ack()
         log.error(
             "poison_message_dead_lettered",

@@ -7,10 +7,16 @@ their queues. Every step is one atomic Lua script, safe with any number of worke
 
 Backpressure: every second, also sample each queue's drain rate (the basis of
 ``QueueFull.retry_after``; :class:`workers.backpressure.DrainMeter`).
+
+Liveness (:mod:`workers.health`): with the heartbeat, in the same pipeline, publish this
+process's consumer probes (last successful poll, last delivery) to the worker-health hash.
+The probes are stamped by the consumer's fetch path, not here: while a consumer loop is stuck
+this thread keeps publishing its *old* ``last_poll``, and logs ``consumer_stuck`` once.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -18,9 +24,9 @@ import time
 import redis
 import structlog
 
-from workers import keys
+from workers import health, keys
 from workers.backpressure import DrainMeter
-from workers.resources import make_redis
+from workers.resources import as_text, make_redis
 from workers.scripts import Scripts
 from workers.settings import Settings
 from workers.transport import ACTIVE_CONSUMERS, PRIORITY_SEP, _active_lock
@@ -41,6 +47,8 @@ class Housekeeper:
         self._thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
         self._scripts: Scripts | None = None
+        self._stuck: set[str] = set()  # this process's consumers logged as stuck
+        self._last_prune = 0.0
 
     def start(self) -> None:
         """Start the daemon thread."""
@@ -48,10 +56,22 @@ class Housekeeper:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (waits briefly)."""
+        """Stop the thread (waits briefly), then delete this process's health records."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self.farewell()
+
+    def farewell(self) -> None:
+        """Delete this process's health records: the worker is shutting down, not stuck."""
+        records, retired = health.snapshot(time.time())
+        if self._client is None:
+            return
+        try:
+            health.forget(self._client, [record.consumer for record in records] + retired)
+        except redis.RedisError as exc:
+            log.warning("health_records_not_deleted", error=str(exc))
 
     def connect(self) -> None:
         """Create this housekeeper's own Redis client (on the thread that uses it)."""
@@ -103,12 +123,37 @@ class Housekeeper:
                 return total
 
     def heartbeat(self, now: float) -> None:
-        """Record that this process's consumers are alive."""
+        """Record that this process's consumers are alive, and publish their probes."""
         assert self._client is not None
         with _active_lock:
             alive = dict.fromkeys(ACTIVE_CONSUMERS, now)
-        if alive:
-            self._client.zadd(keys.consumers(), alive)
+        records, retired = health.snapshot(now)
+        if alive or records or retired:
+            with self._client.pipeline(transaction=False) as pipe:
+                if alive:
+                    pipe.zadd(keys.consumers(), alive)
+                health.publish(pipe, records, retired)
+                pipe.execute()
+        self.watch(records, now)
+        if now - self._last_prune >= health.PRUNE_EVERY:
+            self._last_prune = now
+            health.prune(self._client, now)
+
+    def watch(self, records: list[health.HealthRecord], now: float) -> None:
+        """Log ``consumer_stuck`` once when one of this process's consumers stops polling."""
+        stuck_after = self.settings.health_stuck_after
+        for record in records:
+            state, reason = health.verdict(
+                record, now, now, stuck_after=stuck_after, dead_after=math.inf
+            )
+            if state is health.Verdict.STUCK and record.consumer not in self._stuck:
+                self._stuck.add(record.consumer)
+                log.error(
+                    "consumer_stuck", consumer=record.consumer, queues=record.queues, reason=reason
+                )
+            elif state is not health.Verdict.STUCK and record.consumer in self._stuck:
+                self._stuck.discard(record.consumer)
+                log.info("consumer_unstuck", consumer=record.consumer)
 
     def recover_dead_consumers(self, now: float) -> int:
         """Requeue the in-flight messages of consumers silent for ``consumer_dead_after``."""
@@ -127,4 +172,11 @@ class Housekeeper:
             )
             restored += count
             log.warning("consumer_recovered", consumer=consumer, requeued=count)
+        # Only consumers the restore removed from the registry: a consumer heart-beaten
+        # meanwhile (it was slow, not dead) keeps its record.
+        if dead:
+            names = [as_text(raw_id) for raw_id in dead]
+            scores = self._client.zmscore(keys.consumers(), names)
+            gone = [name for name, score in zip(names, scores, strict=True) if score is None]
+            health.forget(self._client, gone)
         return restored

@@ -157,3 +157,29 @@ def beat_runs() -> str:
 def beat_last_tick() -> str:
     """Unix time of the active beat's latest tick (liveness for status and the exporter)."""
     return f"{PREFIX}beat:last_tick"
+
+
+# -- operators (issue 6) ----------------------------------------------------------------------
+
+
+def counters() -> str:
+    """Hash of event counters (field: ``<event>:<label>``, e.g. ``dead_lettered:<task>``).
+
+    One hash, so the exporter reads every counter with one HGETALL (no SCAN).
+    """
+    return f"{PREFIX}counters"
+
+
+def worker_health() -> str:
+    """Hash of worker liveness: worker id -> JSON (``last_poll``, ``last_delivery``, ...)."""
+    return f"{PREFIX}workers:health"
+
+
+def paused_queues() -> str:
+    """Set of paused queue names: consumers skip them (fetch.lua); enqueue still accepts."""
+    return f"{PREFIX}queues:paused"
+
+
+def paused_since() -> str:
+    """Hash of paused queue name -> unix time it was paused (for operators)."""
+    return f"{PREFIX}queues:paused:since"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from workers import deadletters, publisher, ratelimits
 from workers.canonical import derive_key
 from workers.job import Job
-from workers.redaction import REDACTED
+from workers.redaction import is_redacted
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -163,19 +163,9 @@ def refusal_reason(row: Row[Any], known_tasks: Collection[str] | None = None) ->
         return f"not replayable: {row.reason} (only the raw message was kept)"
     if known_tasks is not None and row.task_name not in known_tasks:
         return f"not replayable: task {row.task_name!r} is not registered"
-    if _contains_redacted(row.args) or _contains_redacted(row.kwargs):
+    if is_redacted(row.args) or is_redacted(row.kwargs):
         return "not replayable: arguments were redacted when dead-lettered"
     return None
-
-
-def _contains_redacted(value: Any) -> bool:
-    if isinstance(value, str):
-        return value == REDACTED or f":{REDACTED}@" in value
-    if isinstance(value, dict):
-        return any(_contains_redacted(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_contains_redacted(v) for v in value)
-    return False
 
 
 def job_for(row: Row[Any], *, queue: str | None = None) -> Job:

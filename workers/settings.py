@@ -277,6 +277,26 @@ class Settings(BaseSettings):
     #: Flower basic auth ``user:password``; Flower refuses to start without it.
     flower_basic_auth: str | None = None
 
+    # -- flower (issue 6) --------------------------------------------------------------------
+    #: Secret signing Flower's cookies; unset: a random one per start (sessions do not
+    #: survive a restart). Never logged, never on a command line.
+    flower_cookie_secret: str | None = None
+
+    # -- exporter (issue 6) --------------------------------------------------------------
+    #: Dead letters exported per (task, fingerprint): the largest groups only (bounded series).
+    exporter_dead_letter_top: int = Field(default=20, ge=1, le=1000)
+    #: Seconds one exporter SQL statement may run (a slow database fails its source, not the
+    #: scrape).
+    exporter_statement_timeout: float = Field(default=5.0, gt=0)
+
+    # -- health (issue 6) ----------------------------------------------------------------
+    #: Seconds without a successful fetch after which a live consumer with free prefetch
+    #: slots is stuck (``jobctl health`` fails, the worker logs ``consumer_stuck``). An idle
+    #: consumer polls every ``brpop_timeout`` (1 s). The default is above kombu's own BRPOP
+    #: check (a half-open connection is dropped and reconnected within ~51 s): what is still
+    #: silent after 60 s does not heal by itself.
+    health_stuck_after: float = Field(default=60.0, gt=0)
+
     # -- partitions and views (issue 5): registry checks and look-ups ------------------------
     @field_validator("partitions")
     @classmethod

@@ -6,7 +6,19 @@ from typing import Any
 
 from celery import signals
 
-from workers import resources
+from workers import logs, resources
+from workers.settings import get_settings
+
+
+@signals.setup_logging.connect
+def _our_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's worker and beat use our structlog formatter (with redaction), not their own.
+
+    With a receiver connected Celery installs no handler of its own, in particular none on
+    ``celery.task`` loggers (which would not propagate to ours and would skip redaction).
+    ``--loglevel`` still sets the level.
+    """
+    logs.configure(get_settings(), level=loglevel)
 
 
 @signals.worker_process_init.connect

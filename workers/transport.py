@@ -10,6 +10,14 @@ or stops heart-beating (recovered by any other worker's housekeeping).
 Messages published with a future ``eta`` go to the delayed store (a sorted set) instead of the
 queue, so no worker holds ETA messages in memory and no visibility timeout is involved.
 
+Paused queues (``jobctl queues pause``): ``fetch.lua`` skips every list of a queue named in
+``keys.paused_queues()``, in the same script that pops (:mod:`workers.pausing`).
+
+Liveness: every fetch round trip Redis answers stamps the consumer's
+:class:`workers.health.Probe` (``last_poll``), every message handed to the pool its
+``last_delivery``; housekeeping publishes the probes (:mod:`workers.health`), so a consumer
+loop that silently stopped is visible even while the process and its heartbeats look fine.
+
 Also: one Redis client per channel instead of one per publish/ack (kombu builds a new
 ``redis.Redis`` for each, ~55 µs measured).
 """
@@ -35,7 +43,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
 
-from workers import keys
+from workers import health, keys
 from workers.failpoints import failpoint
 from workers.scripts import Scripts, source
 
@@ -51,7 +59,7 @@ PRIORITY_SEP = "\x06\x16"
 
 _FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdigest()
 #: fetch.lua's drain-counter arguments (backpressure): the text around the queue name in its
-#: stats key, and the priority separator.
+#: stats key; and the priority separator (also how it finds a list key's queue for pausing).
 _DRAIN_COUNTER_ARGS = (*keys.queue_stats("\x00").split("\x00"), PRIORITY_SEP)
 
 #: Consumer ids in this process; the housekeeping thread heart-beats them.
@@ -162,6 +170,7 @@ class ReliableChannel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._waiting_for_wake = False
+        self._probe = health.Probe(self.consumer_id, lambda: self.active_queues, self._load)
 
     # -- one client per channel --------------------------------------------------------------
 
@@ -185,11 +194,17 @@ class ReliableChannel(kombu_redis.Channel):
         """This consumer's in-flight hash."""
         return keys.inflight(self.consumer_id)
 
-    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
-        """Start consuming; the consumer id is heart-beaten from now on."""
-        with _active_lock:
-            ACTIVE_CONSUMERS.add(self.consumer_id)
-        return super().basic_consume(*args, **kwargs)
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        """Start consuming; from a queue list, the consumer is heart-beaten from now on.
+
+        A fanout queue (Celery's remote-control pidbox) is consumed with SUBSCRIBE, never
+        fetched: such a channel is no consumer of jobs and is neither heart-beaten nor probed.
+        """
+        if queue not in self._fanout_queues:
+            with _active_lock:
+                ACTIVE_CONSUMERS.add(self.consumer_id)
+            self._probe = health.register(self._probe)
+        return super().basic_consume(queue, *args, **kwargs)
 
     def close(self) -> None:
         """Stop heart-beating this consumer (its unacked messages are restored by kombu)."""
@@ -198,6 +213,18 @@ class ReliableChannel(kombu_redis.Channel):
         finally:
             with _active_lock:
                 ACTIVE_CONSUMERS.discard(self.consumer_id)
+            health.retire(self.consumer_id)
+
+    def _load(self) -> tuple[int, int]:
+        """(messages held, prefetch limit) of this channel, for the health record.
+
+        Read from the housekeeping thread: only lengths, no iteration of kombu's state.
+        """
+        qos = self._qos
+        if qos is None:
+            return 0, 0
+        held = len(qos._delivered) - len(qos._dirty)  # noqa: SLF001 - kombu keeps no public count
+        return max(held, 0), int(qos.prefetch_count or 0)
 
     def _list_keys(self, queues: list[str]) -> list[str]:
         return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
@@ -218,9 +245,10 @@ class ReliableChannel(kombu_redis.Channel):
         self.client.connection.send_command(
             "EVALSHA",
             _FETCH_SHA,
-            2 + len(list_keys),
+            3 + len(list_keys),
             self.inflight_key,
             keys.consumers(),
+            keys.paused_queues(),
             *list_keys,
             self.consumer_id,
             repr(time.time()),
@@ -238,6 +266,7 @@ class ReliableChannel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            self._probe.polled()
             if self._waiting_for_wake:
                 self._waiting_for_wake = False
                 raise Empty
@@ -255,15 +284,23 @@ class ReliableChannel(kombu_redis.Channel):
         queue = queue_of(list_key)
         self._queue_cycle.rotate(queue)
         failpoint("after_fetch")
+        self._probe.delivered()
         self.connection._deliver(decode_fetched(raw, tag, queue), queue)  # noqa: SLF001
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:  # noqa: ARG002
         reply = self._scripts.fetch(
-            keys=[self.inflight_key, keys.consumers(), *self._list_keys([queue])],
+            keys=[
+                self.inflight_key,
+                keys.consumers(),
+                keys.paused_queues(),
+                *self._list_keys([queue]),
+            ],
             args=[self.consumer_id, repr(time.time()), *_DRAIN_COUNTER_ARGS],
         )
+        self._probe.polled()
         if not reply:
             raise Empty
+        self._probe.delivered()
         list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
         return decode_fetched(raw, tag, queue_of(list_key))
 

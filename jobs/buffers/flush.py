@@ -24,7 +24,7 @@ from jobs.buffers.producer import request_flush
 from jobs.buffers.registry import buffer_spec
 from jobs.buffers.rows import APPENDED_AT
 from jobs.buffers.writer import Rejection, unframeable, write_batch
-from workers import deadletters, keys, resources
+from workers import counters, deadletters, keys, resources
 from workers.failpoints import failpoint
 from workers.registries import BufferSpec
 from workers.settings import Settings, get_settings
@@ -77,10 +77,12 @@ def dead_letter_row(name: str, row: bytes, error: Exception) -> None:
         except SQLAlchemyDataError:
             pass  # the store refuses the row's values too: keep its bytes instead
         else:
+            counters.incr(counters.DEAD_LETTERED, WRITE_ROW_TASK)
             return
     record.kwargs = {"buffer": name}
     record.raw_message = base64.b64encode(row).decode()
     deadletters.write(resources.engine(), record)
+    counters.incr(counters.DEAD_LETTERED, WRITE_ROW_TASK)
 
 
 def _write_claimed(name: str, spec: BufferSpec, batch: Claim, result: FlushResult) -> None:

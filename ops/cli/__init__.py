@@ -5,6 +5,10 @@ from __future__ import annotations
 import typer
 
 from ops.cli import breakers, dlq, limits, run, webhooks
+from ops.cli.exporter import register as register_exporter
+from ops.cli.health import register as register_health
+from ops.cli.queues import app as queues_app
+from ops.cli.status import register as register_status
 from workers.errors import ConfigurationError
 
 app = typer.Typer(
@@ -18,6 +22,10 @@ app.add_typer(limits.app, name="limits")
 app.add_typer(breakers.app, name="breakers")
 app.add_typer(webhooks.app, name="webhooks")
 run.register(app)
+register_health(app)
+register_status(app)
+app.add_typer(queues_app, name="queues")
+register_exporter(app)
 
 
 def main() -> None:

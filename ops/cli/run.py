@@ -8,7 +8,9 @@ SIGQUIT: cold) reach Celery directly. Options after ``--`` go to Celery unchange
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -34,6 +36,30 @@ DEFAULT_FLOWER_PORT = 5555
 BEAT_SCHEDULER = "scheduler.leader:LeaderScheduler"
 #: Commands that pass unknown options through to Celery.
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+#: Flower's configuration file: it reads the credentials from our settings inside Flower.
+FLOWER_CONFIG = Path(__file__).resolve().parents[1] / "flowerconfig.py"
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Flower options refused after ``--`` (argv is visible to every user in ``ps``), and why.
+FLOWER_REFUSED_OPTIONS = {
+    "basic_auth": "set JOBS_FLOWER_BASIC_AUTH instead (a command line is visible in `ps`)",
+    "cookie_secret": "set JOBS_FLOWER_COOKIE_SECRET instead (a command line is visible in `ps`)",
+    "oauth2_secret": "set FLOWER_OAUTH2_SECRET instead (a command line is visible in `ps`)",
+    "broker_api": "set FLOWER_BROKER_API instead (its URL carries a password)",
+    "conf": "jobctl flower always uses ops/flowerconfig.py (it enforces authentication)",
+    "address": "use `jobctl flower --address` (before --)",
+    "port": "use `jobctl flower --port` (before --)",
+}
+FLOWER_COOKIE_NOTE = (
+    "JOBS_FLOWER_COOKIE_SECRET is not set: Flower signs its cookies with a random secret made "
+    "for this start, so sessions do not survive a restart (set it, e.g. to "
+    "$(openssl rand -hex 32), to keep them)."
+)
+FLOWER_EXPOSED_NOTE = (
+    "Flower listens on {address}: /metrics and /healthcheck answer there without "
+    "authentication, and basic auth travels in clear over plain HTTP. Put a TLS proxy in front "
+    "and do not forward /metrics or /healthcheck to untrusted clients."
+)
 
 FLOWER_AUTH_HELP = (
     "Flower never runs without authentication. Set JOBS_FLOWER_BASIC_AUTH to "
@@ -138,9 +164,57 @@ def beat(
     exec_celery(beat_argv(loglevel=loglevel, extra=list(ctx.args)))
 
 
+@dataclass(frozen=True, slots=True)
+class FlowerSecrets:
+    """What Flower authenticates and signs with (never on a command line, never logged)."""
+
+    #: ``user:password`` pairs.
+    basic_auth: list[str]
+    #: JOBS_FLOWER_COOKIE_SECRET, or a random one for this start.
+    cookie_secret: str = field(repr=False)
+
+
+def flower_basic_auth(value: str | None) -> list[str] | None:
+    """``user:password`` pairs of ``value`` (comma-separated), or ``None`` if any is incomplete."""
+    pairs = [pair.strip() for pair in (value or "").split(",") if pair.strip()]
+    if not pairs or not all(
+        user and password for user, _, password in (p.partition(":") for p in pairs)
+    ):
+        return None
+    return pairs
+
+
+def flower_secrets() -> FlowerSecrets:
+    """Flower's credentials and cookie secret from our settings; exits 2 without basic auth.
+
+    Called by ``ops/flowerconfig.py`` inside the Flower process, so the secrets reach Flower
+    without passing through its command line (visible to every user in ``ps``).
+    """
+    from workers.settings import get_settings  # noqa: PLC0415 - settings are read on use
+
+    settings = get_settings()
+    pairs = flower_basic_auth(settings.flower_basic_auth)
+    if pairs is None:
+        errors.print(FLOWER_AUTH_HELP, markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    return FlowerSecrets(pairs, settings.flower_cookie_secret or secrets.token_urlsafe(64))
+
+
+def refused_flower_options(extra: list[str]) -> list[str]:
+    """Why each of ``extra``'s Flower options is refused (one line each; empty: none is)."""
+    refused = []
+    for arg in extra:
+        name = arg.lstrip("-").partition("=")[0].replace("-", "_")
+        if arg.startswith("--") and name in FLOWER_REFUSED_OPTIONS:
+            refused.append(f"{arg.partition('=')[0]}: {FLOWER_REFUSED_OPTIONS[name]}")
+    return refused
+
+
 def flower_argv(*, address: str, port: int, extra: list[str]) -> list[str]:
-    """The ``celery flower`` command line (credentials travel in the environment)."""
-    return celery_command("flower", f"--address={address}", f"--port={port}", *extra)
+    """The ``celery flower`` command line: no secret on it (``ops/flowerconfig.py`` reads them)."""
+    return celery_command(
+        "flower", f"--conf={FLOWER_CONFIG}", f"--address={address}", f"--port={port}", *extra
+    )
 
 
 def flower(
@@ -152,23 +226,37 @@ def flower(
 ) -> None:
     """Start Flower with basic auth; refuses to start without ``JOBS_FLOWER_BASIC_AUTH``.
 
-    The credentials are handed to Flower as ``FLOWER_BASIC_AUTH`` in its environment (the same
-    as ``--basic-auth``, but not visible to other users in the process list).
+    Flower reads its credentials (``JOBS_FLOWER_BASIC_AUTH``) and cookie secret
+    (``JOBS_FLOWER_COOKIE_SECRET``; unset: a random one per start, so sessions do not survive a
+    restart) through ``ops/flowerconfig.py``, never from its command line. It binds to
+    127.0.0.1 unless ``--address`` says otherwise. Flower answers ``/metrics`` and
+    ``/healthcheck`` without authentication: expose it only behind a TLS proxy that does not
+    forward them to untrusted clients. Task arguments it shows are redacted at publish time.
 
-    Usage: JOBS_FLOWER_BASIC_AUTH=user:password jobctl flower [--address A] [--port P]
+    Usage: JOBS_FLOWER_BASIC_AUTH=user:password jobctl flower [--address A] [--port P] [-- OPTS]
 
     Example: JOBS_FLOWER_BASIC_AUTH="admin:$(openssl rand -hex 16)" jobctl flower --port 5555
     """
     from workers.settings import get_settings  # noqa: PLC0415 - settings are read on use
 
-    auth = get_settings().flower_basic_auth
-    if not auth or not all(
-        user and password for user, _, password in (pair.partition(":") for pair in auth.split(","))
-    ):
+    settings = get_settings()
+    if flower_basic_auth(settings.flower_basic_auth) is None:
         errors.print(FLOWER_AUTH_HELP, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2)
-    env = {**os.environ, "FLOWER_BASIC_AUTH": auth}
-    exec_celery(flower_argv(address=address, port=port, extra=list(ctx.args)), env)
+    refused = refused_flower_options(list(ctx.args))
+    if refused:
+        errors.print("\n".join(refused), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
+    if not settings.flower_cookie_secret:
+        errors.print(FLOWER_COOKIE_NOTE, markup=False, highlight=False, soft_wrap=True)
+    if address not in LOOPBACK_ADDRESSES:
+        errors.print(
+            FLOWER_EXPOSED_NOTE.format(address=address),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    exec_celery(flower_argv(address=address, port=port, extra=list(ctx.args)))
 
 
 def current_revision(engine: Engine) -> str | None:

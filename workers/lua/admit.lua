@@ -27,6 +27,9 @@
 -- ARGV[9]     max age of the oldest waiting job, seconds; "0" = no age limit
 -- ARGV[10]    now, unix seconds (compared with "ready_at", which producers stamp)
 -- ARGV[11]    full-marker TTL, seconds (refreshed on every refusal)
+-- ARGV[12]    optional: counters hash          jobs:counters (HINCRBY ARGV[13] on a refusal)
+-- ARGV[13]    optional: counter field          "backpressure_rejected:<queue>"
+--             (a key passed as ARGV, like fetch.lua's drain counter: a single Redis node only)
 -- Returns false when published; the id of the job already holding the key when deduplicated;
 -- when refused {reason ("full" | "age"), depth, drain_rate|nil, sampled_at|nil, age|nil}.
 local depth = 0
@@ -54,6 +57,7 @@ if not reason and ARGV[9] ~= '0' and depth > 0 then
 end
 if reason then
   if reason == 'full' then redis.call('SET', KEYS[3], depth, 'EX', ARGV[11]) end
+  if ARGV[13] then redis.call('HINCRBY', ARGV[12], ARGV[13], 1) end
   local stats = redis.call('HMGET', KEYS[4], 'drain_rate', 'sampled_at')
   return {reason, depth, stats[1], stats[2], age}
 end

@@ -4,35 +4,45 @@
 --
 -- KEYS[1]      in-flight hash of this consumer   jobs:inflight:<consumer>  (tag -> "<src>\n<raw>")
 -- KEYS[2]      consumer registry                 jobs:consumers            (zset, score = heartbeat)
--- KEYS[3..n]   queue list keys, highest priority first (kombu layout: "<queue>" and "<queue>\x06\x16<pri>")
+-- KEYS[3]      paused queue names                jobs:queues:paused        (set; jobctl queues pause)
+-- KEYS[4..n]   queue list keys, highest priority first (kombu layout: "<queue>" and "<queue>\x06\x16<pri>")
 -- ARGV[1]      consumer id
 -- ARGV[2]      now, unix seconds
--- ARGV[3..5]   optional drain counter (backpressure): the queue's stats key is
---              ARGV[3] .. <queue> .. ARGV[4] ("jobs:queue:" .. q .. ":stats"), ARGV[5] is kombu's
---              priority separator "\x06\x16"; its "fetched" field counts fetches (housekeeping
+-- ARGV[3..4]   drain counter (backpressure): the queue's stats key is ARGV[3] .. <queue> .. ARGV[4]
+--              ("jobs:queue:" .. q .. ":stats"); its "fetched" field counts fetches (housekeeping
 --              turns it into the drain rate behind QueueFull.retry_after). That key is derived
 --              here, not declared: like restore.lua, this needs a single Redis node.
--- Returns {src, raw, delivery_tag} or false when every list is empty.
+-- ARGV[5]      kombu's priority separator "\x06\x16" (a list key's queue is the text before it)
+-- Returns {src, raw, delivery_tag} or false when every list is empty or paused.
+-- A list whose queue is in KEYS[3] is skipped, whatever its priority: pausing is atomic with
+-- the pop, so no consumer pops from a queue after the pause is written.
 -- A body that is not a kombu envelope gets a synthetic "garbage:" tag so it can be dead-lettered.
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-for i = 3, #KEYS do
-  local raw = redis.call('RPOP', KEYS[i])
-  if raw then
-    local tag
-    local ok, msg = pcall(cjson.decode, raw)
-    if ok and type(msg) == 'table' and type(msg.properties) == 'table'
-        and type(msg.properties.delivery_tag) == 'string' then
-      tag = msg.properties.delivery_tag
-    else
-      tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
-    end
-    redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
-    if ARGV[5] then
-      local sep = string.find(KEYS[i], ARGV[5], 1, true)
-      local queue = sep and string.sub(KEYS[i], 1, sep - 1) or KEYS[i]
+local paused = nil
+if redis.call('SCARD', KEYS[3]) > 0 then
+  paused = {}
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    paused[name] = true
+  end
+end
+for i = 4, #KEYS do
+  local sep = string.find(KEYS[i], ARGV[5], 1, true)
+  local queue = sep and string.sub(KEYS[i], 1, sep - 1) or KEYS[i]
+  if not (paused and paused[queue]) then
+    local raw = redis.call('RPOP', KEYS[i])
+    if raw then
+      local tag
+      local ok, msg = pcall(cjson.decode, raw)
+      if ok and type(msg) == 'table' and type(msg.properties) == 'table'
+          and type(msg.properties.delivery_tag) == 'string' then
+        tag = msg.properties.delivery_tag
+      else
+        tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
+      end
+      redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
       redis.call('HINCRBY', ARGV[3] .. queue .. ARGV[4], 'fetched', 1)
+      return {KEYS[i], raw, tag}
     end
-    return {KEYS[i], raw, tag}
   end
 end
 return false

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 import redis
 import structlog
 
-from workers import breakers
+from workers import breakers, counters
 from workers.errors import Defer, PermanentError
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Breaker:
             log.warning("breaker_unavailable", destination=name, error=type(exc).__name__)
             return
         if not permit.allowed:
+            counters.incr(counters.BREAKER_PARKED, name)
             reason = "breaker_open" if permit.state is breakers.State.OPEN else "breaker_half_open"
             raise Defer(permit.park_for(store.thresholds), reason)
         if permit.probe:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
-from workers import deadletters, publisher, resources
+from workers import counters, deadletters, publisher, resources
 from workers.errors import DeadLetterUnavailable, Settled
 from workers.failpoints import failpoint
 from workers.job import Outcome
@@ -85,6 +85,7 @@ class DeadLetter:
             log.error("dead_letter_store_unavailable", retry_in=delay, reason=record.reason)
             return
         failpoint("after_dead_letter")
+        counters.incr(counters.DEAD_LETTERED, record.task_name)
         job.outcome = Outcome.DEAD
         job.reason = record.reason
         log.error("job_dead_lettered", dead_letter_id=entry_id, reason=record.reason)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
-from workers import ratelimits, resources
+from workers import counters, ratelimits, resources
 from workers.errors import ConfigurationError, Defer, InvalidJob, Throttled
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class RateLimit:
             recovery=execution.settings.throttle_recovery,
         )
         if wait > 0:
+            counters.incr(counters.RATE_LIMITED, name)
             raise Defer(wait, "rate_limited")
         execution.extra[EXTRA] = name
 
