@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 
 #: The scenario's clock: a whole second, a little ahead of real time (ages come out exact).
 NOW = float(int(time.time()) + 100)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """The scenario's clock: 100 s after the test starts (not after collection, which may be
+    minutes earlier in a full run), so every real timestamp the scenario writes is before it.
+    """
+    global NOW  # noqa: PLW0603 - the scenario helpers read the module's clock
+    NOW = float(int(time.time()) + 100)
+
+
 DESTINATION = "api.example.test"
 WORKER_ID = "host-a:1234:c0ffee"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
