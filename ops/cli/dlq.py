@@ -168,7 +168,9 @@ def list_command(
     Example: jobctl dlq list --task webhooks.deliver --since 2h --limit 20
     """
     selector = _selector(None, task=task, error=error, since=since, until=until, status=status)
-    rows = _db(lambda: deadletters.list_entries(resources.engine(), selector, limit=limit))
+    rows = database_call(
+        lambda: deadletters.list_entries(resources.engine(), selector, limit=limit)
+    )
     if as_json:
         _echo_json([_as_dict(row) for row in rows])
         return
@@ -208,7 +210,7 @@ def show_command(
 
     Example: jobctl dlq show 42
     """
-    row = _db(lambda: deadletters.get(resources.engine(), entry_id))
+    row = database_call(lambda: deadletters.get(resources.engine(), entry_id))
     if row is None:
         raise _fail(f"no dead letter with id {entry_id}")
     if as_json:
@@ -266,7 +268,7 @@ def stats_command(
     Example: jobctl dlq stats --status dead --since 1d
     """
     selector = _selector(None, task=task, error=error, since=since, until=until, status=status)
-    grouped = _db(lambda: deadletters.stats(resources.engine(), selector))
+    grouped = database_call(lambda: deadletters.stats(resources.engine(), selector))
     total = sum(n for _, n in grouped["task"])
     if as_json:
         _echo_json(
@@ -343,11 +345,11 @@ def replay_command(
     options = replay.ReplayOptions(
         dry_run=dry_run, limit=limit, rate=per_second, queue=queue, by=by or _operator()
     )
-    engine = _db(resources.engine)
+    engine = database_call(resources.engine)
     from workers.app import app as celery_app  # noqa: PLC0415 - builds the Celery app only here
 
     known = replay.registered_tasks(celery_app)
-    total = _db(lambda: replay.planned(engine, selector, options))
+    total = database_call(lambda: replay.planned(engine, selector, options))
     last = replay.ReplaySummary(dry_run=dry_run)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -423,14 +425,14 @@ def purge_command(
     """
     selector = _selector(ids, task=task, error=error, since=since, until=until, status=status)
     _require_selection(ctx, selector, everything=everything)
-    engine = _db(resources.engine)
-    matching = _db(lambda: deadletters.count(engine, selector))
+    engine = database_call(resources.engine)
+    matching = database_call(lambda: deadletters.count(engine, selector))
     if matching == 0:
         console.print("No dead letters match; nothing deleted.")
         return
     if not yes:
         typer.confirm(f"Delete {matching} dead letters?", abort=True)
-    deleted = _db(lambda: deadletters.purge(engine, selector))
+    deleted = database_call(lambda: deadletters.purge(engine, selector))
     console.print(f"Deleted {deleted} dead letters.")
 
 
@@ -441,7 +443,7 @@ def _operator() -> str:
         return "jobctl"
 
 
-def _db(call: Callable[[], _T]) -> _T:
+def database_call(call: Callable[[], _T]) -> _T:
     """Run a store call; a database failure becomes a one-line error and exit code 1."""
     try:
         return call()

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from jobs import webhooks
 from jobs.webhooks import store
-from ops.cli.dlq import parse_moment
+from ops.cli.dlq import database_call, parse_moment
 from workers import resources
 from workers.errors import InvalidJob, JobsError, SsrfBlocked
 from workers.redaction import redact_text
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 app = typer.Typer(help="Webhooks: endpoints and deliveries.", no_args_is_help=True)
 endpoints_app = typer.Typer(help="Subscriber endpoints.", no_args_is_help=True)
@@ -27,19 +23,9 @@ app.add_typer(endpoints_app, name="endpoints")
 
 console = Console()
 errors = Console(stderr=True)
-_T = TypeVar("_T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 EndpointArg = Annotated[int, typer.Argument(metavar="ENDPOINT_ID", help="Endpoint id.")]
-
-
-def _database(call: Callable[[], _T]) -> _T:
-    """Run ``call``; a database error becomes one line and exit code 1."""
-    try:
-        return call()
-    except SQLAlchemyError as exc:
-        errors.print(f"[red]error:[/red] database unavailable: {type(exc).__name__}")
-        raise typer.Exit(1) from None
 
 
 def _refuse(exc: JobsError) -> typer.Exit:
@@ -76,7 +62,7 @@ def add_command(
     Example: jobctl webhooks endpoints add https://hooks.example.com/in -e order.paid --rate 20/s
     """
     try:
-        endpoint, secret = _database(
+        endpoint, secret = database_call(
             lambda: webhooks.add_endpoint(
                 url, event_types=event, description=description, rate_limit=rate
             )
@@ -103,7 +89,7 @@ def list_command(
     Usage: jobctl webhooks endpoints list [--active|--disabled] [--json]
     Example: jobctl webhooks endpoints list --disabled
     """
-    rows = _database(lambda: store.list_endpoints(resources.engine(), active=active))
+    rows = database_call(lambda: store.list_endpoints(resources.engine(), active=active))
     now = datetime.now(UTC)
     if as_json:
         typer.echo(json.dumps([endpoint.public(now) for endpoint in rows]))
@@ -136,7 +122,7 @@ def disable_command(
     Usage: jobctl webhooks endpoints disable ENDPOINT_ID [--reason TEXT]
     Example: jobctl webhooks endpoints disable 7 --reason "customer asked"
     """
-    if not _database(lambda: webhooks.disable_endpoint(endpoint_id, reason=reason)):
+    if not database_call(lambda: webhooks.disable_endpoint(endpoint_id, reason=reason)):
         errors.print(f"[red]error:[/red] no endpoint {endpoint_id}")
         raise typer.Exit(1)
     console.print(f"endpoint {endpoint_id} disabled")
@@ -149,7 +135,7 @@ def enable_command(endpoint_id: EndpointArg) -> None:
     Usage: jobctl webhooks endpoints enable ENDPOINT_ID
     Example: jobctl webhooks endpoints enable 7 && jobctl dlq replay --task webhooks.deliver
     """
-    if not _database(lambda: webhooks.enable_endpoint(endpoint_id)):
+    if not database_call(lambda: webhooks.enable_endpoint(endpoint_id)):
         errors.print(f"[red]error:[/red] no endpoint {endpoint_id}")
         raise typer.Exit(1)
     console.print(f"endpoint {endpoint_id} enabled")
@@ -176,7 +162,9 @@ def rotate_command(
         period = datetime.now(UTC) - parse_moment(grace)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--grace") from None
-    secret = _database(lambda: webhooks.rotate_secret(endpoint_id, grace=max(period, timedelta(0))))
+    secret = database_call(
+        lambda: webhooks.rotate_secret(endpoint_id, grace=max(period, timedelta(0)))
+    )
     if secret is None:
         errors.print(f"[red]error:[/red] no endpoint {endpoint_id}")
         raise typer.Exit(1)
@@ -208,7 +196,7 @@ def deliveries_command(
     except ValueError:
         choices = ", ".join(s.value for s in store.Status)
         raise typer.BadParameter(f"must be one of {choices}", param_hint="--status") from None
-    rows = _database(
+    rows = database_call(
         lambda: store.list_deliveries(
             resources.engine(), endpoint_id=endpoint, status=wanted, event_id=event, limit=limit
         )
@@ -251,7 +239,7 @@ def publish_command(
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     try:
-        published = _database(lambda: webhooks.publish(event_type, payload, event_id=event_id))
+        published = database_call(lambda: webhooks.publish(event_type, payload, event_id=event_id))
     except JobsError as exc:
         raise _refuse(exc) from None
     console.print(f"event {published.event_id}: {len(published.jobs)} deliveries enqueued")
