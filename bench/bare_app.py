@@ -1,8 +1,8 @@
 """The baseline of the throughput benchmark: a bare Celery app on kombu's stock Redis transport.
 
 Same worker-relevant settings as ours (late acks, reject on worker lost, prefetch multiplier 1,
-JSON only, no results) and a no-op task with the same side effect (one ``INCR``). The Redis URL
-comes from ``BENCH_REDIS_URL``.
+JSON only, no results), a no-op task with the same side effect (one ``INCR``) and a stamp task
+like ours (one ``HSET``). The Redis URL comes from ``BENCH_REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import redis
-from bench_common import BARE_QUEUE, COUNTER, READY_KEY, REDIS_URL_ENV
+from bench_common import BARE_QUEUE, COUNTER, READY_LIST, REDIS_URL_ENV, STARTED
 from celery import Celery, signals
 
 REDIS_URL = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/12")
@@ -35,10 +35,10 @@ app.conf.update(
 )
 
 _lock = threading.Lock()
-_client: tuple[int, redis.Redis[Any]] | None = None
+_client: tuple[int, redis.Redis] | None = None
 
 
-def counter_client() -> redis.Redis[Any]:
+def counter_client() -> redis.Redis:
     """This process's Redis client (created lazily, again after fork), like ours."""
     global _client  # noqa: PLW0603 - a per-process cache, as in workers.resources
     with _lock:
@@ -53,7 +53,17 @@ def noop(*, n: int) -> None:  # noqa: ARG001 - mirrors our task's signature
     counter_client().incr(COUNTER)
 
 
+@app.task(name="bench.bare_stamp")
+def stamp(*, n: int) -> None:
+    """Record when job ``n`` started and count the run (the same side effects as ours)."""
+    started = repr(time.time())
+    with counter_client().pipeline(transaction=False) as pipe:
+        pipe.hset(STARTED, str(n), started)
+        pipe.incr(COUNTER)
+        pipe.execute()
+
+
 @signals.worker_ready.connect
 def _mark_ready(**_: Any) -> None:
-    """Tell the driver when this worker starts consuming."""
-    counter_client().set(READY_KEY, repr(time.time()))
+    """Tell the driver when this worker process starts consuming."""
+    counter_client().rpush(READY_LIST, repr(time.time()))

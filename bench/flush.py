@@ -2,9 +2,11 @@
 
 Usage::
 
-    python bench/flush.py [--rows N] [--rounds R] [--batch-size B] [--extend-chunk C]
+    python bench/flush.py [--rows N] [--rounds R] [--batch-size B] [--extend-chunk C] [--quick]
                           [--redis-url redis://127.0.0.1:6379[/DB]]
                           [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+
+Scenario ``flush`` of ``jobctl bench``: 200,000 rows, 3 rounds (``--quick``: 20,000, 1 round).
 
 Same run, same rows, same process. A scratch database is created next to ``--database-url``
 (dropped afterwards, whatever happens), migrated to head and given the ``events`` partitions
@@ -23,68 +25,59 @@ each; rounds alternate which side goes first):
 Target: flush / raw >= 0.5, taken as the median of the per-round ratios (both sides of a round
 run back to back, so a noisy neighbour slows both). Also measured: ``append()`` (one row per
 call). Every round is verified (N distinct rows in ``events``, nothing left in the buffer).
-Writes ``bench/results/flush-<UTC stamp>.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import signal
 import statistics
 import sys
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from throughput import (  # noqa: E402 - needs bench/ on sys.path first
-    RESULTS,
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
     BenchError,
-    _raise_on_sigterm,
-    claimed_db,
-    flushed_after,
-    machine,
-    save_results,
+    Context,
+    configure,
+    fresh_database,
+    libpq,
+    params_runner,
+    script_main,
+    worker_env,
 )
+from report import Chart, Row, ScenarioResult
 
-DEFAULT_URL = os.environ.get(
-    "JOBS_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+if TYPE_CHECKING:
+    import argparse
+
+    import redis
+
 #: ``append()`` calls timed (one row each).
 APPENDS = 5000
 COLUMNS = ("id", "user_id", "event_type", "payload", "created_at")
 
 
-def libpq(url: str) -> str:
-    """``postgresql+psycopg://`` → ``postgresql://``."""
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Rows per round, rounds, rows per flush batch, rows per ``extend()`` call."""
+
+    rows: int = 200_000
+    rounds: int = 3
+    batch_size: int = 5000
+    extend_chunk: int = 10_000
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument("--extend-chunk", type=int, default=10_000)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
-    parser.add_argument("--database-url", default=DEFAULT_URL)
-    args = parser.parse_args(argv)
-    if min(args.rows, args.rounds, args.batch_size, args.extend_chunk) < 1:
-        parser.error("--rows, --rounds, --batch-size and --extend-chunk must be >= 1")
-    return args
+FULL = Params()
+QUICK = Params(rows=20_000, rounds=1)
 
 
 def make_rows(n: int) -> list[dict[str, Any]]:
@@ -132,11 +125,11 @@ def truncate(url: str) -> None:
         conn.execute("TRUNCATE events")
 
 
-def configure(url: str, redis_url: str, args: argparse.Namespace) -> None:
-    """Point this process's settings at the scratch database and the claimed Redis DB."""
-    os.environ.update(
+def buffer_env(ctx: Context, url: str, params: Params) -> dict[str, str]:
+    """Settings naming the scratch database, the claimed Redis DB and the ``events`` buffer."""
+    return worker_env(
+        ctx,
         JOBS_DATABASE_URL=url,
-        JOBS_REDIS_URL=redis_url,
         JOBS_BUFFERS=json.dumps({"events": {
             "table": "events",
             "columns": {"id": "uuid", "user_id": "bigint", "event_type": "text",
@@ -144,25 +137,23 @@ def configure(url: str, redis_url: str, args: argparse.Namespace) -> None:
             "conflict_columns": ["id", "created_at"],
             "defaults": {"payload": {}},
             "generated": {"id": "uuid4", "created_at": "utcnow"},
-            "batch_size": args.batch_size,
-            "flush_threshold": args.rows * 10,  # no flush job: this process drains
+            "batch_size": params.batch_size,
+            "flush_threshold": params.rows * 10,  # no flush job: this process drains
         }}),
-        JOBS_LOG_LEVEL="WARNING",
     )  # fmt: skip
-    os.environ.pop("JOBS_BROKER_URL", None)
 
 
-def measure_raw(url: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> float:
+def measure_raw(url: str, rows: list[dict[str, Any]], params: Params) -> float:
     """One raw COPY round, verified; returns rows/s."""
     truncate(url)
-    rate = len(rows) / raw_copy(url, rows, args.batch_size)
+    rate = len(rows) / raw_copy(url, rows, params.batch_size)
     if count(url) != (len(rows), len(rows)):
         raise BenchError(f"raw COPY: {count(url)} rows, expected {len(rows)}")
     return rate
 
 
 def measure_buffer(
-    url: str, client: redis.Redis[Any], rows: list[dict[str, Any]], args: argparse.Namespace
+    url: str, client: redis.Redis, rows: list[dict[str, Any]], params: Params
 ) -> tuple[float, float]:
     """One buffer round (extend everything, then drain it), verified; returns the rates."""
     from jobs.buffers import WriteBuffer, buffer_stats, drain  # noqa: PLC0415
@@ -171,20 +162,20 @@ def measure_buffer(
     client.flushdb()
     buffer = WriteBuffer("events")
     started = time.perf_counter()
-    for start in range(0, len(rows), args.extend_chunk):
-        buffer.extend(rows[start : start + args.extend_chunk])
+    for start in range(0, len(rows), params.extend_chunk):
+        buffer.extend(rows[start : start + params.extend_chunk])
     extend_rate = len(rows) / (time.perf_counter() - started)
     started = time.perf_counter()
     result = drain("events", budget=3600, max_age=-1)
     flush_rate = len(rows) / (time.perf_counter() - started)
     if count(url) != (len(rows), len(rows)) or buffer_stats("events").length:
         raise BenchError(f"flush: {count(url)} rows, expected {len(rows)}")
-    if result.written != len(rows) or result.batches != -(-len(rows) // args.batch_size):
+    if result.written != len(rows) or result.batches != -(-len(rows) // params.batch_size):
         raise BenchError(f"flush wrote {result.written} rows in {result.batches} batches")
     return extend_rate, flush_rate
 
 
-def measure_append(client: redis.Redis[Any], rows: list[dict[str, Any]]) -> float:
+def measure_append(client: redis.Redis, rows: list[dict[str, Any]]) -> float:
     """``append()`` of single rows; returns rows/s."""
     from jobs.buffers import WriteBuffer  # noqa: PLC0415
 
@@ -196,41 +187,37 @@ def measure_append(client: redis.Redis[Any], rows: list[dict[str, Any]]) -> floa
     return APPENDS / (time.perf_counter() - started)
 
 
-def measure(url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(ctx: Context, url: str, params: Params) -> dict[str, Any]:
     """Every measurement against the scratch database ``url`` and the claimed Redis DB.
 
     Rounds alternate which side goes first; the ratio is the median of the per-round ratios
     (each round's two sides ran back to back, so a noisy neighbour hits both alike).
     """
-    configure(url, redis_url, args)
+    configure(buffer_env(ctx, url, params))
     from jobs.partitions import ensure_all  # noqa: PLC0415
     from workers import resources  # noqa: PLC0415
-    from workers.migrate import upgrade  # noqa: PLC0415
 
-    upgrade(url)
     ensure_all()
-    client: redis.Redis[Any] = redis.Redis.from_url(redis_url)
-    rows = make_rows(args.rows)
+    client = ctx.client
+    rows = make_rows(params.rows)
     rounds: list[dict[str, float]] = []
-    with flushed_after(client):
-        for number in range(1, args.rounds + 1):
-            if number % 2:
-                raw = measure_raw(url, rows, args)
-                extend, flush = measure_buffer(url, client, rows, args)
-            else:
-                extend, flush = measure_buffer(url, client, rows, args)
-                raw = measure_raw(url, rows, args)
-            rounds.append({"raw": raw, "flush": flush, "extend": extend, "ratio": flush / raw})
-            print(f"round {number}: raw COPY {raw:9,.0f} rows/s | flush {flush:9,.0f} rows/s"
-                  f" | ratio {flush / raw:.2f} | extend {extend:9,.0f} rows/s",
-                  flush=True)  # fmt: skip
-        append = measure_append(client, rows)
+    for number in range(1, params.rounds + 1):
+        if number % 2:
+            raw = measure_raw(url, rows, params)
+            extend, flush = measure_buffer(url, client, rows, params)
+        else:
+            extend, flush = measure_buffer(url, client, rows, params)
+            raw = measure_raw(url, rows, params)
+        rounds.append({"raw": raw, "flush": flush, "extend": extend, "ratio": flush / raw})
+        print(f"round {number}: raw COPY {raw:9,.0f} rows/s | flush {flush:9,.0f} rows/s"
+              f" | ratio {flush / raw:.2f} | extend {extend:9,.0f} rows/s",
+              flush=True)  # fmt: skip
+    append = measure_append(client, rows)
     resources.engine().dispose()
     summary = {
         side: statistics.median(r[side] for r in rounds)
         for side in ("raw", "flush", "extend", "ratio")
     }
-    report(args, summary, append)
     return {
         "median_rates": {side: round(summary[side]) for side in ("raw", "flush", "extend")},
         "append_rate": round(append),
@@ -239,55 +226,68 @@ def measure(url: str, redis_url: str, args: argparse.Namespace) -> dict[str, Any
     }
 
 
-def report(args: argparse.Namespace, summary: dict[str, float], append: float) -> None:
-    """The markdown table."""
-    print(f"\n### Write buffer: {args.rows:,} rows into partitioned `events`, batches of "
-          f"{args.batch_size:,} (median of {args.rounds} rounds)\n")  # fmt: skip
-    print("| measurement | rows/s |")
-    print("|---|---:|")
-    print(f"| raw psycopg COPY (baseline) | {summary['raw']:,.0f} |")
-    print(f"| buffer flush (claim + COPY + INSERT ... SELECT + drop) | {summary['flush']:,.0f} |")
-    print(f"| producer extend() ({args.extend_chunk:,} rows per call) | {summary['extend']:,.0f} |")
-    print(f"| producer append() (1 row per call) | {append:,.0f} |")
-    verdict = "met" if summary["ratio"] >= 0.5 else "MISSED"
-    print(f"\nratio flush / raw COPY (median per round): {summary['ratio']:.2f} "
-          f"(target >= 0.5: {verdict})")  # fmt: skip
+def scenario(ctx: Context, params: Params | None = None) -> ScenarioResult:
+    """Flush vs raw COPY (the ratio is the median of the per-round ratios)."""
+    params = params or (QUICK if ctx.quick else FULL)
+    with fresh_database(ctx.database_url, label="bench_flush") as url:
+        summary = measure(ctx, url, params)
+    rates, rounds = summary["median_rates"], summary["rounds"]
+    flush_row = Row(
+        f"buffer flush into partitioned `events`, batches of {params.batch_size:,}", "rows/s",
+        rates["flush"], rates["raw"], "raw psycopg COPY", target="ratio >= 0.5",
+        note="ratio: median of the per-round ratios",
+    )  # fmt: skip
+    flush_row.ratio = summary["ratio_flush_over_raw"]
+    flush_row.ok = flush_row.ratio >= 0.5
+    return ScenarioResult(
+        name="flush",
+        title="Write-buffer flush vs raw COPY",
+        rows=[
+            flush_row,
+            Row(
+                f"producer `extend()` ({params.extend_chunk:,} rows per call)",
+                "rows/s",
+                rates["extend"],
+            ),
+            Row("producer `append()` (1 row per call)", "rows/s", summary["append_rate"]),
+        ],
+        params=asdict(params),
+        details=summary,
+        charts=[
+            Chart(
+                file="bench-flush.png",
+                kind="bars",
+                title=f"{params.rows:,} rows into `events` (per round)",
+                x=[f"round {k + 1}" for k in range(len(rounds))],
+                series={
+                    "buffer flush": [round(r["flush"]) for r in rounds],
+                    "raw COPY": [round(r["raw"]) for r in rounds],
+                },
+                ylabel="rows/s",
+            )
+        ],
+        notes=[
+            (
+                "Flush: claim a batch (Lua) → COPY into a temporary table → `INSERT ... SELECT` → "
+                "commit → drop the claim (the next batch is claimed while this one is written). "
+                "Raw: psycopg `COPY events FROM STDIN`, one transaction per batch: the floor."
+            ),
+        ],
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Claim Redis, create a scratch database, measure, clean up, write the JSON."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    started = time.monotonic()
-    name = f"jobs_bench_flush_{uuid.uuid4().hex[:8]}"
-    admin = libpq(args.database_url)
-    with claimed_db(args.redis_url) as redis_url:
-        print(f"Redis database: {redis_url} (claimed; flushed before and after)", flush=True)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = args.database_url.rsplit("/", 1)[0] + f"/{name}"
-        print(f"scratch database {name} (dropped afterwards)", flush=True)
-        try:
-            summary = measure(url, redis_url, args)
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-    document = {
-        "options": {k: v for k, v in vars(args).items() if k not in {"database_url", "redis_url"}},
-        "machine": machine(),
-        "summary": summary,
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    path = save_results("flush", document)
-    print(f"Results: {path.relative_to(RESULTS.parent.parent)}; {document['wall_seconds']} s")
-    return 0
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, help=f"rows per round ({FULL.rows:,})")
+    parser.add_argument("--rounds", type=int, help=f"rounds ({FULL.rounds})")
+    parser.add_argument("--batch-size", type=int, help=f"rows per flush batch ({FULL.batch_size})")
+    parser.add_argument("--extend-chunk", type=int, help=f"rows per extend() ({FULL.extend_chunk})")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run = params_runner(
+        scenario,
+        quick=QUICK,
+        full=FULL,
+        minimum={"rows": 1, "rounds": 1, "batch_size": 1, "extend_chunk": 1},
+    )
+    sys.exit(script_main(__doc__ or "", run, _arguments))

@@ -2,8 +2,11 @@
 
 Usage::
 
-    python bench/refresh.py [--events N] [--days D] [--rounds R] [--delta K]
+    python bench/refresh.py [--events N] [--days D] [--rounds R] [--delta K] [--quick]
                             [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+
+Scenario ``refresh`` of ``jobctl bench`` (not run by default: ``--only refresh``); ``--quick``
+uses 100,000 events and 1 round.
 
 Same run, same data: a throw-away database is created next to ``--database-url`` (dropped
 afterwards, whatever happens), migrated to head, given monthly partitions over the last D days
@@ -13,7 +16,7 @@ alternating the two modes (plain first, then concurrent, then plain...): each me
 goes through ``jobs.views.refresh_view`` (advisory lock, timeouts, state row) after K new
 events were inserted for today (the delta a 5-minute refresh typically sees; ``--delta 0``
 measures the nothing-changed case). Prints each refresh, the median per mode and the ratio
-concurrent / plain; writes ``bench/results/refresh-<UTC stamp>.json``.
+concurrent / plain.
 
 Why the ratio matters: CONCURRENTLY recomputes the whole view *and* diffs it against the old
 contents (a full join on the unique index), so it costs a multiple of a plain refresh; what it
@@ -22,29 +25,46 @@ buys is that readers are never blocked. The choice is per view (``concurrently``
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import statistics
 import sys
 import time
-import uuid
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from throughput import RESULTS, _raise_on_sigterm, machine, save_results  # noqa: E402
-
-DEFAULT_URL = os.environ.get(
-    "JOBS_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    BenchError,
+    Context,
+    configure,
+    fresh_database,
+    libpq,
+    params_runner,
+    script_main,
+    worker_env,
 )
+from report import Row, ScenarioResult
+
+if TYPE_CHECKING:
+    import argparse
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Events, the days they span, rounds, new rows before each refresh."""
+
+    events: int = 1_000_000
+    days: int = 90
+    rounds: int = 3
+    delta: int = 1000
+
+
+FULL = Params()
+QUICK = Params(events=100_000, rounds=1)
+
 #: Rows per INSERT ... SELECT generate_series statement (progress is printed after each).
 CHUNK = 250_000
 FILL = """
@@ -58,22 +78,6 @@ FROM generate_series(1, %(n)s) AS g
 CROSS JOIN LATERAL (SELECT random() + g * 0 AS r, random() + g * 0 AS u,
                            random() + g * 0 AS t) AS x
 """
-
-
-def libpq(url: str) -> str:
-    """``postgresql+psycopg://`` → ``postgresql://``."""
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--delta", type=int, default=1000)
-    parser.add_argument("--database-url", default=DEFAULT_URL)
-    return parser.parse_args(argv)
 
 
 def fill(conn: psycopg.Connection[Any], events: int, days: int) -> float:
@@ -90,20 +94,18 @@ def fill(conn: psycopg.Connection[Any], events: int, days: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(ctx: Context, url: str, params: Params) -> dict[str, Any]:
     """Fill the database at ``url`` and time the refreshes."""
-    os.environ["JOBS_DATABASE_URL"] = url  # before workers.* reads its settings
+    configure(worker_env(ctx, JOBS_DATABASE_URL=url))  # before workers.* reads its settings
     from sqlalchemy import create_engine  # noqa: PLC0415
 
     from jobs.partitions import ensure_partitions  # noqa: PLC0415
     from jobs.views import refresh_view  # noqa: PLC0415
-    from workers.migrate import upgrade  # noqa: PLC0415
     from workers.registries import PartitionSpec, ViewSpec  # noqa: PLC0415
 
-    upgrade(url)
     engine = create_engine(url)
-    start = datetime.now(UTC) - timedelta(days=args.days)
-    months = args.days // 28 + 2
+    start = datetime.now(UTC) - timedelta(days=params.days)
+    months = params.days // 28 + 2
     spec = PartitionSpec(table="events", column="created_at", interval="month",
                          premake=months, default_partition=True)  # fmt: skip
     made = ensure_partitions(engine, spec, clock=lambda: start)
@@ -112,20 +114,20 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     concurrent = plain.model_copy(update={"concurrently": True})
     runs: list[dict[str, Any]] = []
     with psycopg.connect(libpq(url), autocommit=True) as conn:
-        fill_seconds = fill(conn, args.events, args.days)
+        fill_seconds = fill(conn, params.events, params.days)
         print(f"filled in {fill_seconds:.1f} s; warming up with one plain refresh", flush=True)
         refresh_view(engine, plain)
         days = conn.execute("SELECT count(*) FROM mv_daily_stats").fetchone()
-        for round_number in range(1, args.rounds + 1):
+        for round_number in range(1, params.rounds + 1):
             for mode, spec_ in (("plain", plain), ("concurrently", concurrent)):
-                if args.delta:
+                if params.delta:
                     conn.execute(FILL, {"end": datetime.now(UTC), "span": timedelta(0),
-                                        "n": args.delta})  # fmt: skip
+                                        "n": params.delta})  # fmt: skip
                 wall = time.perf_counter()
                 result = refresh_view(engine, spec_)
                 wall = time.perf_counter() - wall
                 if result.status != "refreshed" or result.concurrently != (mode != "plain"):
-                    raise RuntimeError(f"unexpected refresh result {result}")
+                    raise BenchError(f"unexpected refresh result {result}")
                 runs.append({"round": round_number, "mode": mode, "ms": result.duration_ms,
                              "wall_ms": wall * 1000})  # fmt: skip
                 print(f"round {round_number} {mode:>12}: {result.duration_ms:8.0f} ms", flush=True)
@@ -136,9 +138,9 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         for mode in ("plain", "concurrently")
     }
     ratio = medians["concurrently"] / medians["plain"]
-    print(f"\n### mv_daily_stats refresh at {args.events:,} events "
-          f"({days[0] if days else 0} days, delta {args.delta} rows per refresh, "
-          f"median of {args.rounds})\n")  # fmt: skip
+    print(f"\n### mv_daily_stats refresh at {params.events:,} events "
+          f"({days[0] if days else 0} days, delta {params.delta} rows per refresh, "
+          f"median of {params.rounds})\n")  # fmt: skip
     print("| mode | median (ms) | per round (ms) |")
     print("|---|---:|---|")
     for mode, median in medians.items():
@@ -155,34 +157,34 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Create a scratch database, measure, drop it, write the JSON."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    started = time.monotonic()
-    name = f"jobs_bench_refresh_{uuid.uuid4().hex[:8]}"
-    admin = libpq(args.database_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = args.database_url.rsplit("/", 1)[0] + f"/{name}"
-    print(f"scratch database {name} (dropped afterwards)", flush=True)
-    try:
-        summary = measure(url, args)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-    document = {
-        "options": {k: v for k, v in vars(args).items() if k != "database_url"},
-        "machine": machine(),
-        "summary": summary,
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    path = save_results("refresh", document)
-    print(f"Results: {path.relative_to(RESULTS.parent.parent)}; {document['wall_seconds']} s")
-    return 0
+def scenario(ctx: Context, params: Params | None = None) -> ScenarioResult:
+    """CONCURRENTLY vs plain, on a scratch database."""
+    params = params or (QUICK if ctx.quick else FULL)
+    with fresh_database(ctx.database_url, label="bench_refresh") as url:
+        summary = measure(ctx, url, params)
+    medians = summary["median_ms"]
+    return ScenarioResult(
+        name="refresh",
+        title="Materialized view refresh: CONCURRENTLY vs plain",
+        rows=[Row(f"`mv_daily_stats` refresh over {params.events:,} events", "ms",
+                  medians["concurrently"], medians["plain"], "plain refresh",
+                  higher_is_better=False, note="CONCURRENTLY does not block readers")],
+        params=asdict(params),
+        details=summary,
+    )  # fmt: skip
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, help=f"events ({FULL.events:,})")
+    parser.add_argument("--days", type=int, help=f"days they span ({FULL.days})")
+    parser.add_argument("--rounds", type=int, help=f"rounds ({FULL.rounds})")
+    parser.add_argument(
+        "--delta", type=int, help=f"rows inserted before each refresh ({FULL.delta})"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run = params_runner(
+        scenario, quick=QUICK, full=FULL, minimum={"events": 1, "days": 1, "rounds": 1, "delta": 0}
+    )
+    sys.exit(script_main(__doc__ or "", run, _arguments))

@@ -1,194 +1,107 @@
-"""Throughput benchmark: our ``JobTask`` (idempotency on) vs a bare Celery task, same run.
+"""No-op drain and the scaling curve: our ``JobTask`` (idempotency on) vs a bare Celery task.
 
 Usage::
 
-    python bench/throughput.py [--jobs N] [--concurrency C] [--pool prefork|solo]
-                               [--redis-url redis://127.0.0.1:6379[/DB]] [--rounds R]
+    python bench/throughput.py [--jobs N] [--processes 1 2 4] [--rounds R]
+                               [--pool solo|prefork] [--concurrency C] [--quick]
+                               [--redis-url redis://127.0.0.1:6379[/DB]]
 
-Measures, on one Redis database (flushed before and between measurements). The database is
-claimed the way test sessions claim theirs (``jobs-tests:db:<n>`` in DB 0, see
-``tests/conftest.py``), so a concurrent test run and the benchmark never flush each other's
-queues; without ``/DB`` in ``--redis-url`` the first free one of 15, 14, ... 8 is used.
+Scenarios (``jobctl bench --only drain`` / ``--only scaling``):
 
-1. **Drain rate**: N no-op jobs are enqueued *before* a worker subprocess starts (ours with
-   ``jobs.enqueue_many`` in batches of 1,000, bare with an ``apply_async`` loop); the time runs
-   from the worker's ``worker_ready`` signal until every job has run. Sides alternate
-   (bare, ours, bare, ours, ...) and the median of each is reported. Same worker settings on
-   both sides: pool, concurrency, prefetch multiplier 1, late acks, JSON, no mingle/gossip/events.
-2. **Enqueue rate**: ``jobs.enqueue_many`` (batches of 1,000) vs an ``apply_async`` loop, and a
-   single ``jobs.enqueue`` loop vs the same ``apply_async`` loop (rate, p50/p99 per call).
+- **drain**: N no-op jobs are enqueued *before* the workers start (ours with
+  ``jobs.enqueue_many`` in batches of 1,000, bare with an ``apply_async`` loop); then P worker
+  processes start together and the rate is taken over the window in which *all* P consume:
+  from the moment the last one is ready (the counter read then) until every job has run. Sides
+  alternate (bare, ours, bare, ours, ...) and the median of each is reported, at P = 1 and 2.
+  Same worker settings on both sides: pool, concurrency, prefetch multiplier 1, late acks,
+  JSON, no mingle/gossip/events.
+- **scaling**: the same drain at P = 1, 2, 4 (the points already measured by ``drain`` in the
+  same process are reused). A worker process is one ``celery worker -P solo`` OS process (its
+  own consumer loop): the unit one scales out by. These machines have **2 cores**, shared with
+  Redis and the driver: beyond 2 processes the curve shows contention, not scale-out.
 
-Every measurement is verified (each job ran exactly once; ours went through the policy chain:
-one ``jobs:done:*`` marker per job); a run that cannot verify fails instead of reporting.
-Results go to ``bench/results/throughput-<UTC timestamp>.json`` plus a markdown table on stdout.
+Every drain is verified (each job ran exactly once; ours went through the policy chain: one
+``jobs:done:*`` marker per job, no claims left, nothing skipped, deferred, queued or in flight);
+a drain that cannot verify fails the run instead of reporting.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import signal
-import statistics
 import sys
-import tempfile
 import time
-from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-import redis
-
-from ops.workerproc import WorkerProcess
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import BARE_QUEUE, COUNTER, OURS_QUEUE
+from harness import (
+    BenchError,
+    Context,
+    PoolSpec,
+    configure,
+    median,
+    params_runner,
+    pool_cpu,
+    script_main,
+    wait_until,
+    worker_env,
+    worker_pool,
+)
+from report import Chart, Row, ScenarioResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from types import FrameType, ModuleType
+    import argparse
+    from collections.abc import Callable
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-RESULTS = BENCH / "results"
+    import redis
+
+#: Jobs per ``enqueue_many`` call.
 BATCH = 1000
-#: Seconds between progress polls while a worker drains (a GET of the counter each time).
-POLL_INTERVAL = 0.005
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: The test suite's claim keys for Redis databases (``tests/conftest.py``), kept in DB 0.
-DB_LOCK_PREFIX = "jobs-tests:db:"
-#: Databases the benchmark may claim: the test range, highest first (test sessions go lowest
-#: first, so the two rarely contend).
-BENCH_DBS = range(15, 7, -1)
-#: Seconds a claim outlives a benchmark killed with SIGKILL (a run takes about 3 minutes).
-DB_LOCK_TTL = 900
-
-# bench/ is sys.path[0] when this file runs as a script; make it explicit for other launches.
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-from bench_common import (  # noqa: E402 - needs bench/ on sys.path first
-    BARE_QUEUE,
-    COUNTER,
-    OURS_QUEUE,
-    READY_KEY,
-    REDIS_URL_ENV,
-)
-
-
-class BenchError(RuntimeError):
-    """A measurement could not be taken or could not be verified."""
-
-
-# -- options ----------------------------------------------------------------------------------
+#: Ratio ours / bare the drain must reach (the policy chain may cost at most 20 %).
+DRAIN_TARGET = "ratio >= 0.8"
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    """Command-line options (``redis_url`` names the claimed database once it is claimed)."""
+class DrainParams:
+    """What one set of drains measures."""
 
-    jobs: int
-    concurrency: int
-    pool: str
-    redis_url: str
-    rounds: int
-    loglevel: str
-
-
-def parse_args(argv: list[str] | None = None) -> Options:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=5000, help="jobs per measurement")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker -c")
-    parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork", help="worker -P")
-    parser.add_argument(
-        "--redis-url",
-        default="redis://127.0.0.1:6379",
-        help="Redis server, optionally with a database number (the database is FLUSHED; "
-        "0 is refused; it is claimed like a test session's)",
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="drain rounds per side (median)")
-    parser.add_argument(
-        "--loglevel", default="WARNING", help="worker log level, both sides (INFO logs per task)"
-    )
-    args = parser.parse_args(argv)
-    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1:
-        parser.error("--jobs, --concurrency and --rounds must be >= 1")
-    path = urlsplit(args.redis_url).path.strip("/")
-    if path and (not path.isdigit() or int(path) == 0):
-        parser.error("--redis-url: the database must be a number other than 0 (it is flushed)")
-    return Options(
-        jobs=args.jobs,
-        concurrency=args.concurrency,
-        pool=args.pool,
-        redis_url=args.redis_url,
-        rounds=args.rounds,
-        loglevel=args.loglevel.upper(),
-    )
+    jobs: int = 6000
+    processes: tuple[int, ...] = (1, 2)
+    rounds: int = 2
+    pool: str = "solo"
+    concurrency: int = 1
 
 
-# -- environment and the two sides ------------------------------------------------------------
+FULL = DrainParams()
+QUICK = DrainParams(jobs=1500, rounds=1)
+SCALING_PROCESSES = (1, 2, 4)
 
 
-def side_env(options: Options) -> dict[str, str]:
-    """Environment for this process and both workers (ours reads JOBS_*, bare BENCH_*)."""
-    env = {key: value for key, value in os.environ.items() if key != "JOBS_BROKER_URL"}
-    pythonpath = [str(BENCH), str(REPO), *filter(None, env.get("PYTHONPATH", "").split(":"))]
-    env.update(
-        {
-            "PYTHONPATH": os.pathsep.join(pythonpath),
-            REDIS_URL_ENV: options.redis_url,
-            "JOBS_REDIS_URL": options.redis_url,
-            "JOBS_EXTRA_TASK_MODULES": json.dumps(["bench_tasks"]),
-            "JOBS_LOG_LEVEL": options.loglevel,
-        }
-    )
-    return env
+# -- the two sides -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One side of the comparison: how to enqueue, which worker, how to verify."""
+    """One side of the comparison: how to enqueue, which worker app and queue, how to verify."""
 
     name: str
-    app_module: str
+    app: str
     queue: str
     enqueue: Callable[[int], None]
-    verify: Callable[[redis.Redis[Any], int], dict[str, int]]
+    verify: Callable[[redis.Redis, int], dict[str, int]]
+    #: Broker messages that ``n`` jobs make (fewer with envelopes).
+    messages: Callable[[int], int] = lambda n: n
+    #: Worker options (``ops.profiles``); Celery's defaults minus mingle and gossip.
+    options: tuple[str, ...] = ("--without-mingle", "--without-gossip")
 
 
-def load_sides() -> tuple[Side, Side, ModuleType, ModuleType]:
-    """Import both task modules (after the environment is set) and describe both sides."""
-    import bare_app  # noqa: PLC0415 - reads BENCH_REDIS_URL at import
-    import bench_tasks  # noqa: PLC0415 - reads JOBS_* settings at import
-
-    import jobs  # noqa: PLC0415
-
-    def enqueue_ours(n: int) -> None:
-        for start in range(0, n, BATCH):
-            refs = jobs.enqueue_many(
-                bench_tasks.noop, [{"n": i} for i in range(start, min(n, start + BATCH))]
-            )
-            if any(ref.deduplicated for ref in refs):
-                raise BenchError("enqueue_many deduplicated a job: the database was not flushed")
-
-    def enqueue_bare(n: int) -> None:
-        apply_async = bare_app.noop.apply_async
-        for i in range(n):
-            apply_async(kwargs={"n": i})
-
-    ours = Side("ours", "workers.app", OURS_QUEUE, enqueue_ours, verify_ours)
-    bare = Side("bare", "bare_app", BARE_QUEUE, enqueue_bare, verify_bare)
-    return ours, bare, bench_tasks, bare_app
-
-
-def count_keys(client: redis.Redis[Any], pattern: str) -> int:
+def count_keys(client: redis.Redis, pattern: str) -> int:
     """How many keys match ``pattern`` (SCAN, never KEYS)."""
     return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
 
 
-def verify_ours(client: redis.Redis[Any], n: int) -> dict[str, int]:
+def verify_ours(client: redis.Redis, n: int) -> dict[str, int]:
     """Our drain's bookkeeping: counter, queue, in-flight hashes, done markers, skips."""
     inflight = sum(int(client.hlen(key)) for key in client.scan_iter(match="jobs:inflight:*"))
     return {
@@ -203,7 +116,7 @@ def verify_ours(client: redis.Redis[Any], n: int) -> dict[str, int]:
     }
 
 
-def verify_bare(client: redis.Redis[Any], n: int) -> dict[str, int]:
+def verify_bare(client: redis.Redis, n: int) -> dict[str, int]:
     """The bare drain's bookkeeping: counter, queue, kombu's unacked hash."""
     return {
         "counter": int(client.get(COUNTER) or 0),
@@ -223,49 +136,36 @@ def verified(checks: dict[str, int]) -> bool:
     return ok
 
 
-# -- worker processes -------------------------------------------------------------------------
+def enqueue_in_batches(task: Any, n: int, *, first: int = 0) -> None:
+    """``jobs.enqueue_many`` of ``n`` no-op calls in batches of :data:`BATCH`; none deduplicated."""
+    import jobs  # noqa: PLC0415 - after the environment is set
+
+    for start in range(first, first + n, BATCH):
+        calls = [{"n": i} for i in range(start, min(first + n, start + BATCH))]
+        if any(ref.deduplicated for ref in jobs.enqueue_many(task, calls)):
+            raise BenchError("enqueue_many deduplicated a job: the database was not flushed")
 
 
-def group_cpu(pgid: int, main_pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by ``main_pid`` and by the rest of its process group."""
-    main = others = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) != pgid:
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        if int(entry.name) == main_pid:
-            main += seconds
-        else:
-            others += seconds
-    return main, others
+def sides(ctx: Context) -> tuple[Side, Side]:
+    """Configure this process for the claimed database, import both task modules, the sides."""
+    configure(worker_env(ctx))
+    import bare_app  # noqa: PLC0415 - reads BENCH_REDIS_URL at import
+    import bench_tasks  # noqa: PLC0415 - reads JOBS_* settings at import
+
+    def enqueue_bare(n: int) -> None:
+        apply_async = bare_app.noop.apply_async
+        for i in range(n):
+            apply_async(kwargs={"n": i})
+
+    ours = Side(
+        "ours", "workers.app", OURS_QUEUE, lambda n: enqueue_in_batches(bench_tasks.noop, n),
+        verify_ours,
+    )  # fmt: skip
+    bare = Side("bare", "bare_app", BARE_QUEUE, enqueue_bare, verify_bare)
+    return ours, bare
 
 
-class Worker(WorkerProcess):
-    """A worker subprocess for one side, in its own session (process group), always cleaned up."""
-
-    def __init__(self, side: Side, options: Options, env: dict[str, str], log_dir: Path) -> None:
-        """Configure; use as a context manager."""
-        super().__init__(
-            env=env,
-            log_path=log_dir / f"worker-{side.name}-{time.monotonic_ns()}.log",
-            app=side.app_module,
-            queues=side.queue,
-            concurrency=options.concurrency,
-            pool=options.pool,
-            name=f"bench-{side.name}",
-            loglevel=options.loglevel,
-            cwd=REPO,
-        )
-
-
-# -- measurements -----------------------------------------------------------------------------
+# -- one drain -----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -273,422 +173,237 @@ class DrainRun:
     """One drain measurement."""
 
     side: str
+    processes: int
     round: int
     jobs: int
+    measured_jobs: int
     seconds: float
     rate: float
-    first_job_after: float
-    parent_cpu_pct: float
+    ready_spread: float
+    worker_cpu_pct: float
     children_cpu_pct: float
     checks: dict[str, int] = field(default_factory=dict)
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, worker: Worker | None = None
-) -> Any:
-    """Poll ``condition`` until truthy; fail (with the worker's log) on timeout or worker exit."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if worker is not None and not worker.alive():
-            raise BenchError(f"worker exited while waiting for {what}:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            tail = f":\n{worker.log_tail()}" if worker is not None else ""
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        time.sleep(POLL_INTERVAL)
-
-
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """What every measurement needs: options, the Redis client, worker env and log folder."""
-
-    options: Options
-    client: redis.Redis[Any]
-    env: dict[str, str]
-    log_dir: Path
-
-
-def drain(bench: Bench, side: Side, number: int) -> DrainRun:
-    """Enqueue N jobs, start a worker, time it from ready until all N ran; verify."""
-    options, client = bench.options, bench.client
-    n = options.jobs
+def drain(ctx: Context, side: Side, params: DrainParams, processes: int, number: int) -> DrainRun:
+    """Enqueue N jobs, start P workers, time the window in which all P consume; verify."""
+    client, n = ctx.client, params.jobs
     client.flushdb()
     side.enqueue(n)
-    queued = int(client.llen(side.queue))
-    if queued != n:
-        raise BenchError(f"{side.name}: {queued} messages in {side.queue!r} after enqueue, not {n}")
-    with Worker(side, options, bench.env, bench.log_dir) as worker:
-        ready_at = float(wait_until(lambda: client.get(READY_KEY), 60, "worker ready", worker))
-        cpu_start = group_cpu(worker.pid, worker.pid)
-        first_at = 0.0
+    queued, expected = int(client.llen(side.queue)), side.messages(n)
+    if queued != expected:
+        raise BenchError(
+            f"{side.name}: {queued} messages in {side.queue!r} after enqueue, not {expected}"
+        )
+    spec = PoolSpec(
+        name=side.name, app=side.app, queues=side.queue, processes=processes,
+        pool=params.pool, concurrency=params.concurrency, options=side.options,
+    )  # fmt: skip
+    with worker_pool(ctx, spec, worker_env(ctx)) as pool:
+        started_at = time.time()
+        done_before = int(client.get(COUNTER) or 0)
+        cpu_start = pool_cpu(pool.workers)
+        if done_before >= n:
+            raise BenchError(
+                f"{side.name}: all {n} jobs ran before the last of {processes} workers was "
+                "ready: use more --jobs"
+            )
         limit = time.monotonic() + max(60.0, n / 50)
-        while True:
-            done = int(client.get(COUNTER) or 0)
-            now = time.time()
-            if done and not first_at:
-                first_at = now
-            if done >= n:
-                break
-            if not worker.alive():
-                raise BenchError(f"{side.name} worker exited mid-drain:\n{worker.log_tail()}")
+        while (done := int(client.get(COUNTER) or 0)) < n:
+            pool.check_alive("draining")
             if time.monotonic() > limit:
-                raise BenchError(f"{side.name}: only {done}/{n} ran:\n{worker.log_tail()}")
-            time.sleep(POLL_INTERVAL)
-        end_at = now
-        cpu_end = group_cpu(worker.pid, worker.pid)
+                raise BenchError(f"{side.name}: only {done}/{n} ran:\n{pool.log_tail()}")
+            time.sleep(0.005)
+        end_at = time.time()
+        cpu_end = pool_cpu(pool.workers)
         try:
-            wait_until(lambda: verified(side.verify(client, n)), 10, "acks and bookkeeping")
+            wait_until(lambda: verified(side.verify(client, n)), 15, "acks and bookkeeping")
         except BenchError:
             raise BenchError(
-                f"{side.name}: drain did not verify: {side.verify(client, n)}\n{worker.log_tail()}"
+                f"{side.name}: drain did not verify: {side.verify(client, n)}\n{pool.log_tail()}"
             ) from None
         checks = side.verify(client, n)
-    seconds = end_at - ready_at
-    return DrainRun(
+    seconds = end_at - started_at
+    measured = n - done_before
+    run = DrainRun(
         side=side.name,
+        processes=processes,
         round=number,
         jobs=n,
+        measured_jobs=measured,
         seconds=round(seconds, 4),
-        rate=round(n / seconds, 1),
-        first_job_after=round(first_at - ready_at, 4),
-        parent_cpu_pct=round(100 * (cpu_end[0] - cpu_start[0]) / seconds, 1),
+        rate=round(measured / seconds, 1),
+        ready_spread=round(max(pool.ready) - min(pool.ready), 3),
+        worker_cpu_pct=round(100 * (cpu_end[0] - cpu_start[0]) / seconds, 1),
         children_cpu_pct=round(100 * (cpu_end[1] - cpu_start[1]) / seconds, 1),
         checks=checks,
     )
-
-
-@dataclass(slots=True)
-class EnqueueRun:
-    """One enqueue measurement (latencies only for per-call loops)."""
-
-    name: str
-    round: int
-    jobs: int
-    seconds: float
-    rate: float
-    p50_us: float | None = None
-    p99_us: float | None = None
-
-
-def timed_loop(name: str, number: int, n: int, call: Callable[[int], object]) -> EnqueueRun:
-    """Time ``call(i)`` for i in range(n), with per-call latency percentiles."""
-    latencies: list[int] = []
-    clock = time.perf_counter_ns
-    start = clock()
-    for i in range(n):
-        before = clock()
-        call(i)
-        latencies.append(clock() - before)
-    seconds = (clock() - start) / 1e9
-    cuts = statistics.quantiles(latencies, n=100) if n > 1 else [latencies[0]] * 99
-    return EnqueueRun(
-        name=name,
-        round=number,
-        jobs=n,
-        seconds=round(seconds, 4),
-        rate=round(n / seconds, 1),
-        p50_us=round(statistics.median(latencies) / 1000, 1),
-        p99_us=round(cuts[98] / 1000, 1),
+    print(
+        f"drain {run.side} P={processes} #{number}: {run.rate:,.0f} jobs/s ({measured:,} jobs "
+        f"in {seconds:.2f} s after all ready; spread {run.ready_spread:.2f} s; CPU "
+        f"workers {run.worker_cpu_pct:.0f} %, pool children {run.children_cpu_pct:.0f} %)",
+        flush=True,
     )
+    return run
 
 
-def enqueue_rates(
-    options: Options,
-    client: redis.Redis[Any],
-    ours: Side,
-    bench_tasks: ModuleType,
-    bare_app: ModuleType,
-) -> list[EnqueueRun]:
-    """``enqueue_many`` vs ``apply_async`` loop vs ``enqueue`` loop, alternating, verified."""
-    import jobs  # noqa: PLC0415 - after the environment is set
+def drains(ctx: Context, params: DrainParams) -> list[DrainRun]:
+    """Every (P, round, side) drain of ``params``, alternating sides; reused within a process.
 
-    n = options.jobs
-
-    def checked(run: EnqueueRun, queue: str) -> EnqueueRun:
-        queued = int(client.llen(queue))
-        if queued != n:
-            raise BenchError(f"{run.name}: {queued} messages in {queue!r}, expected {n}")
-        client.flushdb()
-        return run
-
-    # Warm-up: connections, script registration, imports on first use.
-    ours.enqueue(10)
-    for i in range(10):
-        bare_app.noop.apply_async(kwargs={"n": i})
-        jobs.enqueue(bench_tasks.noop, n=-1 - i)
-    client.flushdb()
-
-    runs: list[EnqueueRun] = []
-    for number in range(1, options.rounds + 1):
-        start = time.perf_counter()
-        ours.enqueue(n)
-        seconds = time.perf_counter() - start
-        many = EnqueueRun("ours enqueue_many", number, n, round(seconds, 4), round(n / seconds, 1))
-        runs.append(checked(many, OURS_QUEUE))
-        bare_loop = timed_loop(
-            "bare apply_async loop",
-            number,
-            n,
-            lambda i: bare_app.noop.apply_async(kwargs={"n": i}),
-        )
-        runs.append(checked(bare_loop, BARE_QUEUE))
-        single = timed_loop(
-            "ours enqueue loop", number, n, lambda i: jobs.enqueue(bench_tasks.noop, n=i)
-        )
-        runs.append(checked(single, OURS_QUEUE))
+    Runs are cached in ``ctx.cache`` by (P, jobs, pool, concurrency), so the scaling curve
+    measures only the process counts the drain scenario did not.
+    """
+    ours, bare = sides(ctx)
+    cache: dict[tuple[Any, ...], list[DrainRun]] = ctx.cache.setdefault("drains", {})
+    runs: list[DrainRun] = []
+    for processes in params.processes:
+        key = (processes, params.jobs, params.pool, params.concurrency, params.rounds)
+        if key not in cache:
+            cache[key] = [
+                drain(ctx, side, params, processes, number)
+                for number in range(1, params.rounds + 1)
+                for side in (bare, ours)
+            ]
+        runs += cache[key]
     return runs
 
 
-# -- reporting --------------------------------------------------------------------------------
+def rate_of(runs: list[DrainRun], side: str, processes: int) -> float:
+    """Median rate of ``side`` at ``processes``."""
+    return median([r.rate for r in runs if r.side == side and r.processes == processes])
 
 
-def label(run: DrainRun | EnqueueRun) -> str:
-    """The side (drains) or the measurement name (enqueues) a run belongs to."""
-    return run.side if isinstance(run, DrainRun) else run.name
+def plural(n: int) -> str:
+    """``1 worker process`` / ``2 worker processes``."""
+    return f"{n} worker process{'es' if n != 1 else ''}"
 
 
-def values_of(runs: list[Any], name: str, attribute: str = "rate") -> list[float]:
-    """``attribute`` of every run labelled ``name``, in run order."""
-    return [getattr(run, attribute) for run in runs if label(run) == name]
+def describe(params: DrainParams) -> dict[str, Any]:
+    """The parameters as reported."""
+    shape = f"-P {params.pool}" + (f" -c {params.concurrency}" if params.pool != "solo" else "")
+    return {"jobs": params.jobs, "rounds": params.rounds, "worker": shape}
 
 
-def median_of(runs: list[Any], name: str, attribute: str = "rate") -> float:
-    """Median ``attribute`` of the runs labelled ``name``."""
-    values = values_of(runs, name, attribute)
-    return round(statistics.median(values), 1) if values else float("nan")
+# -- scenarios ---------------------------------------------------------------------------------
 
 
-def summarize(drains: list[DrainRun], enqueues: list[EnqueueRun]) -> dict[str, Any]:
-    """Medians, ratios and pass/fail against the targets."""
-    ours, bare = median_of(drains, "ours"), median_of(drains, "bare")
-    many = median_of(enqueues, "ours enqueue_many")
-    loop = median_of(enqueues, "bare apply_async loop")
-    single = median_of(enqueues, "ours enqueue loop")
-    return {
-        "drain_ours_rate": ours,
-        "drain_bare_rate": bare,
-        "drain_ratio": round(ours / bare, 3),
-        "drain_target": 0.8,
-        "drain_ok": ours / bare >= 0.8,
-        "enqueue_many_rate": many,
-        "apply_async_loop_rate": loop,
-        "enqueue_ratio": round(many / loop, 2),
-        "enqueue_target": 3.0,
-        "enqueue_ok": many / loop >= 3.0,
-        "enqueue_single_rate": single,
-        "enqueue_single_ratio": round(single / loop, 3),
-    }
-
-
-def markdown(
-    options: Options, drains: list[DrainRun], enqueues: list[EnqueueRun], summary: dict[str, Any]
-) -> str:
-    """A compact markdown report."""
-
-    def verdict(ok: bool) -> str:
-        return "**met**" if ok else "**MISSED**"
-
-    def raw(name: str, runs: list[Any]) -> str:
-        return ", ".join(f"{v:,.0f}" for v in values_of(runs, name))
-
-    def cpu(name: str) -> str:
-        parent = median_of(drains, name, "parent_cpu_pct")
-        children = median_of(drains, name, "children_cpu_pct")
-        return f"{parent:.0f} % / {children:.0f} %"
-
-    def latency(name: str) -> str:
-        p50, p99 = median_of(enqueues, name, "p50_us"), median_of(enqueues, name, "p99_us")
-        return f"{p50:.0f} / {p99:.0f} µs"
-
-    s = summary
-    head = (
-        f"N={options.jobs}, pool={options.pool}, concurrency={options.concurrency}, "
-        f"rounds={options.rounds}, worker loglevel={options.loglevel}"
-    )
-    enqueue_many = f"enqueue: `enqueue_many` (batches of {BATCH}) vs `apply_async` loop"
-    ours_loop, bare_loop = "ours enqueue loop", "bare apply_async loop"
-    lines = [
-        f"### Throughput ({head})",
-        "",
-        "| measurement | ours (jobs/s) | bare (jobs/s) | ratio | target | raw: ours / bare |",
-        "|---|---:|---:|---:|---:|---|",
-        row(
-            "drain (worker ready -> all ran)",
-            f"{s['drain_ours_rate']:,.0f}",
-            f"{s['drain_bare_rate']:,.0f}",
-            f"{s['drain_ratio']:.2f}",
-            f">= 0.8 {verdict(s['drain_ok'])}",
-            f"{raw('ours', drains)} / {raw('bare', drains)}",
-        ),
-        row(
-            enqueue_many,
-            f"{s['enqueue_many_rate']:,.0f}",
-            f"{s['apply_async_loop_rate']:,.0f}",
-            f"{s['enqueue_ratio']:.2f}",
-            f">= 3 {verdict(s['enqueue_ok'])}",
-            f"{raw('ours enqueue_many', enqueues)} / {raw(bare_loop, enqueues)}",
-        ),
-        row(
-            "enqueue: `enqueue` loop vs `apply_async` loop",
-            f"{s['enqueue_single_rate']:,.0f}",
-            f"{s['apply_async_loop_rate']:,.0f}",
-            f"{s['enqueue_single_ratio']:.2f}",
-            "info",
-            f"{raw(ours_loop, enqueues)} / {raw(bare_loop, enqueues)}",
-        ),
-        "",
-        "| detail | ours | bare |",
-        "|---|---:|---:|",
-        row("drain CPU, worker parent / pool children (% of one core)", cpu("ours"), cpu("bare")),
-        row("per-call enqueue latency p50 / p99", latency(ours_loop), latency(bare_loop)),
-        "",
-        (
-            "Every drain verified: each job ran exactly once (counter = N), queues and in-flight "
-            "empty; ours: one `jobs:done:*` marker per job, no claims left, none skipped."
-        ),
+def drain_scenario(ctx: Context, params: DrainParams | None = None) -> ScenarioResult:
+    """No-op drain, ours vs bare, at 1 and 2 worker processes."""
+    params = params or (QUICK if ctx.quick else FULL)
+    runs = drains(ctx, params)
+    rows = [
+        Row(
+            f"no-op drain, {plural(p)}",
+            "jobs/s",
+            rate_of(runs, "ours", p),
+            rate_of(runs, "bare", p),
+            "bare Celery",
+            target=DRAIN_TARGET,
+        )
+        for p in params.processes
     ]
-    return "\n".join(lines)
-
-
-def row(*cells: str) -> str:
-    """One markdown table row."""
-    return "| " + " | ".join(cells) + " |"
-
-
-def machine() -> dict[str, Any]:
-    """Versions and CPU count, for the record."""
-    import celery  # noqa: PLC0415
-    import kombu  # noqa: PLC0415
-
-    return {
-        "python": platform.python_version(),
-        "celery": celery.__version__,
-        "kombu": kombu.__version__,
-        "redis_py": redis.__version__,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-
-
-# -- the database -----------------------------------------------------------------------------
-
-
-@contextmanager
-def claimed_db(url: str) -> Iterator[str]:
-    """Claim a database like a test session does; yields the URL of the claimed database."""
-    parts = urlsplit(url)
-    server = f"{parts.scheme}://{parts.netloc}"
-    path = parts.path.strip("/")
-    candidates = [int(path)] if path else list(BENCH_DBS)
-    locks: redis.Redis[Any] = redis.Redis.from_url(f"{server}/0")
-    token = f"bench-throughput:{os.getpid()}"
-    for number in candidates:
-        if locks.set(f"{DB_LOCK_PREFIX}{number}", token, nx=True, ex=DB_LOCK_TTL):
-            break
-    else:
-        holders = {n: locks.get(f"{DB_LOCK_PREFIX}{n}") for n in candidates}
-        raise BenchError(f"no Redis database free: claimed by {holders} (tests running?)")
-    key = f"{DB_LOCK_PREFIX}{number}"
-    try:
-        yield f"{server}/{number}"
-    finally:
-        with suppress(redis.RedisError):
-            if locks.get(key) == token.encode():
-                locks.delete(key)
-
-
-def save_results(kind: str, document: dict[str, Any]) -> Path:
-    """Write ``document`` (plus a UTC timestamp) to ``bench/results/<kind>-<stamp>.json``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{kind}-{stamp}.json"
-    path.write_text(json.dumps({"timestamp": stamp, **document}, indent=2) + "\n")
-    return path
-
-
-def announce(run: DrainRun) -> None:
-    """Print one drain's line as soon as it is measured."""
-    print(
-        f"drain {run.side} #{run.round}: {run.rate:,.0f} jobs/s "
-        f"({run.seconds:.2f} s; CPU parent {run.parent_cpu_pct:.0f} %, "
-        f"children {run.children_cpu_pct:.0f} %)",
-        flush=True,
+    return ScenarioResult(
+        name="drain",
+        title="No-op drain: JobTask (idempotency on) vs bare Celery",
+        rows=rows,
+        params=describe(params),
+        details={"runs": [asdict(r) for r in runs]},
+        charts=[
+            Chart(
+                file="bench-drain.png",
+                kind="bars",
+                title=f"No-op drain, {params.jobs:,} jobs (median of {params.rounds})",
+                x=[plural(p) for p in params.processes],
+                series={
+                    "ours (JobTask, idempotency on)": [
+                        rate_of(runs, "ours", p) for p in params.processes
+                    ],
+                    "bare Celery": [rate_of(runs, "bare", p) for p in params.processes],
+                },
+                ylabel="jobs/s",
+            )
+        ],
+        notes=[
+            (
+                "Each job of ours claims and completes its idempotency key (one `jobs:done:*` "
+                "marker per job, verified); bare Celery does nothing but the same `INCR`."
+            ),
+            (
+                "Jobs are enqueued before the workers start; the rate is taken while all worker "
+                "processes consume (from the last one's `worker_ready` to the last job)."
+            ),
+        ],
     )
 
 
-# -- main -------------------------------------------------------------------------------------
+def scaling_scenario(ctx: Context, params: DrainParams | None = None) -> ScenarioResult:
+    """Drain rate vs worker processes 1, 2, 4 (ours and bare)."""
+    base = params or (QUICK if ctx.quick else FULL)
+    params = replace(base, processes=SCALING_PROCESSES)
+    runs = drains(ctx, params)
+    points = list(params.processes)
+    ours = [rate_of(runs, "ours", p) for p in points]
+    bare = [rate_of(runs, "bare", p) for p in points]
+    # The 1- and 2-process rates are the drain scenario's rows: only the last point here.
+    rows = [Row(f"drain, {plural(points[-1])}", "jobs/s", ours[-1], bare[-1], "bare Celery")]
+    rows += [
+        Row(
+            f"speed-up {plural(p)} vs 1",
+            "x",
+            o / ours[0],
+            b / bare[0],
+            "bare Celery's",
+            note="2 cores",
+        )
+        for p, o, b in zip(points[1:], ours[1:], bare[1:], strict=True)
+    ]
+    return ScenarioResult(
+        name="scaling",
+        title="Scaling curve: drain rate vs worker processes",
+        rows=rows,
+        params=describe(params) | {"processes": points},
+        details={"runs": [asdict(r) for r in runs]},
+        charts=[
+            Chart(
+                file="bench-scaling.png",
+                kind="lines",
+                title="No-op drain rate vs worker processes (2-core machine)",
+                x=points,
+                series={"ours": ours, "bare Celery": bare},
+                xlabel="worker processes (celery worker -P solo each)",
+                ylabel="jobs/s",
+            )
+        ],
+        notes=[
+            (
+                "**This machine has 2 cores**, shared by the workers, Redis and the driver: the "
+                "curve can rise to 2 processes at best; 4 processes show contention, not "
+                "scale-out. On more cores (or hosts) each process adds its own consumer loop."
+            ),
+            (
+                "The 1- and 2-process points are the drain scenario's measurements when both ran "
+                "in the same run."
+            ),
+        ],
+    )
 
 
-def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    """Turn SIGTERM into SystemExit so ``finally`` blocks stop the workers."""
-    raise SystemExit(128 + signum)
+# -- by hand ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def flushed_after(client: redis.Redis[Any]) -> Iterator[None]:
-    """Leave the benchmark database empty, whatever happens."""
-    try:
-        yield
-    finally:
-        with suppress(redis.RedisError):
-            client.flushdb()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Claim a database, run every measurement, write the JSON, print the table."""
-    options = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    with claimed_db(options.redis_url) as url:
-        print(f"Redis database: {url} (claimed; flushed before and after)", flush=True)
-        return run(replace(options, redis_url=url))
-
-
-def run(options: Options) -> int:
-    """Every measurement on ``options.redis_url``; writes the JSON and prints the table."""
-    env = side_env(options)
-    os.environ.update(env)  # before importing workers.*, whose settings read the environment
-    os.environ.pop("JOBS_BROKER_URL", None)
-    client: redis.Redis[Any] = redis.Redis.from_url(options.redis_url)
-    client.ping()
-    ours, bare, bench_tasks, bare_app = load_sides()
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    bench = Bench(options, client, env, log_dir)
-    started = time.monotonic()
-    drains: list[DrainRun] = []
-    with flushed_after(client):
-        for number in range(1, options.rounds + 1):
-            for side in (bare, ours):
-                run = drain(bench, side, number)
-                drains.append(run)
-                announce(run)
-        client.flushdb()
-        enqueues = enqueue_rates(options, client, ours, bench_tasks, bare_app)
-        for run in enqueues:
-            latency = f", p50 {run.p50_us} µs, p99 {run.p99_us} µs" if run.p50_us else ""
-            print(f"enqueue {run.name} #{run.round}: {run.rate:,.0f} jobs/s{latency}", flush=True)
-    summary = summarize(drains, enqueues)
-    document = {
-        "options": asdict(options),
-        "machine": machine(),
-        "summary": summary,
-        "drains": [asdict(r) for r in drains],
-        "enqueues": [asdict(r) for r in enqueues],
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "worker_logs": str(log_dir),
-    }
-    path = save_results("throughput", document)
-    print()
-    print(markdown(options, drains, enqueues, summary))
-    print(f"\nResults: {path.relative_to(REPO)} (worker logs: {log_dir}); "
-          f"{document['wall_seconds']} s")  # fmt: skip
-    return 0
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, help=f"jobs per drain (default {FULL.jobs})")
+    parser.add_argument("--processes", type=int, nargs="+", help="worker processes (1 2)")
+    parser.add_argument("--rounds", type=int, help="drains per side (median)")
+    parser.add_argument("--pool", choices=("solo", "prefork"), help="worker -P (solo)")
+    parser.add_argument("--concurrency", type=int, help="worker -c (1; for prefork)")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run = params_runner(
+        drain_scenario,
+        quick=QUICK,
+        full=FULL,
+        minimum={"jobs": 1, "processes": 1, "rounds": 1, "concurrency": 1},
+    )
+    sys.exit(script_main(__doc__ or "", run, _arguments))

@@ -67,6 +67,7 @@ from workers import counters, health, keys, resources
 from workers.backpressure import DRAIN_RATE, RATE_STALE_AFTER, SAMPLED_AT, list_keys
 from workers.breakers import Breakers, State
 from workers.db import dead_letters
+from workers.envelopes import ENVELOPED_FIELD, waiting_jobs
 from workers.errors import Retry
 from workers.job import HEADER
 from workers.queues import QUEUE_NAMES
@@ -375,14 +376,16 @@ class JobsCollector(Collector):
                 for key in list_keys(queue):
                     pipe.llen(key)
                     pipe.lindex(key, -1)
-                pipe.hmget(keys.queue_stats(queue), [DRAIN_RATE, SAMPLED_AT])
+                pipe.hmget(keys.queue_stats(queue), [DRAIN_RATE, SAMPLED_AT, ENVELOPED_FIELD])
             pipe.smembers(keys.paused_queues())
             replies = pipe.execute()
         paused = {as_text(member) for member in replies[-1]}
         step = 2 * len(list_keys(QUEUE_NAMES[0])) + 1
         for index, queue in enumerate(QUEUE_NAMES):
             part = replies[index * step : (index + 1) * step]
-            depth = sum(int(n) for n in part[0:-1:2])
+            rate, sampled_at, enveloped = part[-1]
+            # Jobs, not messages: a waiting envelope of n jobs counts n.
+            depth = waiting_jobs(sum(int(n) for n in part[0:-1:2]), enveloped)
             ready = [at for at in map(oldest_ready_at, part[1:-1:2]) if at is not None]
             samples.add("jobs_queue_depth", depth, queue=queue)
             samples.add(
@@ -390,7 +393,6 @@ class JobsCollector(Collector):
                 max(now - min(ready), 0.0) if ready and depth else 0.0,
                 queue=queue,
             )
-            rate, sampled_at = part[-1]
             if rate is not None and sampled_at is not None:  # stale: no worker measures it
                 fresh = now - float(as_text(sampled_at)) <= RATE_STALE_AFTER
                 rate_value = float(as_text(rate)) if fresh else 0.0

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,66 @@ from workers.redaction import redact_text
 START_TIMEOUT = 30.0
 
 
+#: Ports handed out for our own servers: below Linux's ephemeral range (32768-60999), so a
+#: client's outgoing connection never takes the port of a server we stopped and restart.
+SERVER_PORTS = range(20000, 30000)
+#: Where port reservations live: one file per port, holding the reserving process's id.
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "jobs-ports"
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on and no live process of ours reserved.
+
+    A throwaway server may be stopped and restarted on its port (the fault tests do): the
+    reservation keeps another process (e.g. a parallel test session) from taking that port
+    while it is down. Reservations end with their process.
+    """
+    PORT_RESERVATIONS.mkdir(parents=True, exist_ok=True)
+    for _ in range(200):
+        port = random.choice(SERVER_PORTS)  # noqa: S311 - a port number, not a secret
+        if _reserve(port) and _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS} after 200 tries")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Claim ``port`` for this process (or take over the claim of a process that has ended)."""
+    path = PORT_RESERVATIONS / str(port)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            owner = int(path.read_text() or 0)
+        except (OSError, ValueError):
+            return False
+        if owner == os.getpid():
+            return False  # ours already: a server of ours may be stopped on it
+        if owner and _alive(owner):
+            return False
+        path.unlink(missing_ok=True)
+        return _reserve(port)
+    with os.fdopen(fd, "w") as reservation:
+        reservation.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:

@@ -42,6 +42,8 @@ class WorkerProcess:
     name: str = "worker"
     loglevel: str = "INFO"
     cwd: Path | None = None
+    #: Extra options, e.g. a profile's (``ops.profiles``); the defaults keep tests quiet.
+    options: tuple[str, ...] = ("--without-mingle", "--without-gossip")
     process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -50,7 +52,7 @@ class WorkerProcess:
             sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-P", self.pool, "-c", str(self.concurrency), "-Q", self.queues,
             "-n", f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
-            "--without-mingle", "--without-gossip", "--loglevel", self.loglevel,
+            *self.options, "--loglevel", self.loglevel,
         ]  # fmt: skip
 
     def start(self) -> Self:

@@ -59,8 +59,19 @@ CREATE TABLE IF NOT EXISTS test_runs (
 """
 
 
+def is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process only hands tests to pytest-xdist workers (``-n N``)."""
+    distributing = bool(getattr(config.option, "numprocesses", None))
+    return distributing and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Find or start services and point every JOBS_* setting at a fresh test database."""
+    """Find or start services and point every JOBS_* setting at a fresh test database.
+
+    Under pytest-xdist the controller finds or starts the services once and hands their URLs
+    to the workers through the environment; each worker is a session of its own (its own
+    database and Redis DB number), as concurrent test runs on one machine already are.
+    """
     global _SERVICES  # noqa: PLW0603
     _SERVICES = ensure_services(
         _DATA,
@@ -69,6 +80,10 @@ def pytest_configure(config: pytest.Config) -> None:
             "JOBS_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
         ),
     )
+    if is_xdist_controller(config):
+        os.environ["JOBS_TEST_REDIS_URL"] = _SERVICES.redis_url
+        os.environ["JOBS_TEST_DATABASE_URL"] = _SERVICES.database_url
+        return
     name = f"jobs_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(libpq_url(_SERVICES.database_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -86,6 +101,12 @@ def pytest_configure(config: pytest.Config) -> None:
         JOBS_LOG_LEVEL="INFO",
     )
     os.environ.pop("JOBS_BROKER_URL", None)
+    # A conftest of a path given on the command line is imported before this hook runs; if it
+    # imported code that read the settings, they were built without the lines above and would
+    # point this process at the default Redis DB and database. Build them again.
+    from workers.settings import get_settings  # noqa: PLC0415
+
+    get_settings.cache_clear()
     from workers.migrate import upgrade  # noqa: PLC0415 - after the environment is set
 
     upgrade(database_url)
@@ -109,9 +130,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Drop the session database and stop whatever we started."""
     name, _ = config.stash.get(_DB_KEY, ("", ""))
     if _SERVICES is not None:
-        from workers import resources  # noqa: PLC0415
+        if _DB_KEY in config.stash:
+            from workers import resources  # noqa: PLC0415
 
-        resources.engine().dispose()  # close pooled connections (no ResourceWarning at exit)
+            resources.engine().dispose()  # close pooled connections (no ResourceWarning)
         if _REDIS_DB_KEY in config.stash:
             release_redis_db(_SERVICES.redis_url, config.stash[_REDIS_DB_KEY])
         if name:
@@ -177,5 +199,36 @@ def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         return worker.start(wait=wait)
 
     yield start
+    # Cleanup, not a behaviour under test (the rolling-restart fault test checks warm
+    # shutdowns): SIGKILL the groups at once instead of waiting ~3 s for each warm shutdown.
+    # The test's Redis DB and tables are emptied before the next test anyway.
     for worker in started:
-        worker.stop(timeout=10)
+        worker.kill_all()
+
+
+@pytest.fixture(params=["messages", "envelopes"])
+def delivery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test twice: every job in its own message, then every job inside an envelope.
+
+    ``messages``: ``enqueue_many`` publishes one message per job (envelope size 1).
+    ``envelopes``: ``enqueue_many`` packs envelopes (the configured size) and ``enqueue`` /
+    ``apply_async`` send an envelope of one, so every job a test enqueues in this process runs
+    through ``jobs.envelope``. Workers need no setting: they run whatever arrives.
+    """
+    from workers import admission  # noqa: PLC0415 - after the environment is set
+    from workers.task import JobTask  # noqa: PLC0415
+
+    if request.param == "messages":
+        monkeypatch.setattr(JobTask, "envelope_size", lambda self: 1)  # noqa: ARG005
+        return "messages"
+
+    admit = admission._admit
+
+    def admit_in_envelopes(*args: Any, batch: bool, envelope_size: int = 1) -> Any:
+        task = args[0]
+        if not batch:  # an envelope of one, even for a task that opts out
+            envelope_size = max(task.envelope_size(), 2)
+        return admit(*args, batch=batch, envelope_size=envelope_size)
+
+    monkeypatch.setattr(admission, "_admit", admit_in_envelopes)
+    return "envelopes"

@@ -78,6 +78,15 @@ def kill_self(*, name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@job(name="tests.kill_self_or_record", queue="default", time_limit=20)
+def kill_self_or_record(*, name: str, lethal: bool = False) -> None:
+    """Log the attempt; SIGKILL this worker process if ``lethal``, else record the effect."""
+    log_run(name)
+    if lethal:
+        os.kill(os.getpid(), signal.SIGKILL)
+    effect(name)
+
+
 @job(name="tests.fail_permanently", queue="default", time_limit=20)
 def fail_permanently(*, name: str) -> None:
     """Fail permanently without touching the database."""

@@ -3,7 +3,7 @@
 On Redis, backpressure, dedup and publish are one Lua script (``admit.lua``, one round trip, no
 database work): a producer that dies midway leaves neither a lost job nor a dedup marker
 without a job, and a job refused because its queue is full (:class:`QueueFull`) publishes
-nothing and sets no dedup marker. ``enqueue_many`` sends a whole batch in one pipeline (one
+nothing and sets no dedup marker. ``enqueue_many`` sends a batch in one call per 500 jobs (one
 round trip); each job is decided on its own (see :func:`enqueue_many`). ``on_full="wait"``
 retries refused jobs with jittered backoff for a bounded time (:mod:`workers.backpressure`).
 """
@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from workers import backpressure, counters, keys, publisher, resources
+from workers import backpressure, counters, envelopes, keys, publisher, resources
 from workers.backpressure import OnFull
 from workers.canonical import check_json, derive_key
 from workers.errors import BatchQueueFull, BrokerUnavailable, InvalidJob, QueueFull
@@ -99,8 +98,10 @@ def prepare(
         raise InvalidJob("priority must be an integer from 0 (highest) to 9", field="priority")
     if key is not None and (not isinstance(key, str) or not key or len(key) > 512):  # noqa: PLR2004
         raise InvalidJob("key must be a non-empty string of at most 512 characters", field="key")
+    job_id = str(uuid.uuid4())
     return Job(
-        id=str(uuid.uuid4()),
+        id=job_id,
+        run=job_id,  # a first publication's run is its id (a retry gets a new one)
         task=task.name,
         key=key or derive_key(task.name, args, kwargs),
         queue=queue,
@@ -191,7 +192,15 @@ def enqueue_many(
         jobs.append(
             prepare(task, spec.args, spec.kwargs, key=spec.key, queue=queue, priority=priority)
         )
-    return _admit(task, jobs, delay_of(countdown, None), on_full, wait_max, batch=True)
+    return _admit(
+        task,
+        jobs,
+        delay_of(countdown, None),
+        on_full,
+        wait_max,
+        batch=True,
+        envelope_size=task.envelope_size(),
+    )
 
 
 def _admit(
@@ -202,6 +211,7 @@ def _admit(
     wait_max: float | None,
     *,
     batch: bool,
+    envelope_size: int = 1,
 ) -> list[JobRef]:
     """Admit ``jobs`` (one pipeline per attempt); with ``wait``, retry only the refused ones."""
     if not jobs:
@@ -218,7 +228,9 @@ def _admit(
     while True:
         now = time.time()
         batch_jobs = [jobs[i] for i in pending]
-        replies = _admit_redis(task, batch_jobs, delay, window_ms=window_ms, now=now)
+        replies = _admit_redis(
+            task, batch_jobs, delay, window_ms=window_ms, now=now, envelope_size=envelope_size
+        )
         refused, full = _decide(jobs, pending, replies, refs=refs, settings=settings, now=now)
         if full is None:
             return [ref for ref in refs if ref is not None]
@@ -260,58 +272,113 @@ def _decide(
     return refused, full
 
 
+#: Jobs per ``admit.lua`` call: one call must not block Redis for more than a few ms.
+ADMIT_CHUNK = 500
+
+
 def _admit_redis(
-    task: JobTask, jobs: list[Job], delay: float, *, window_ms: int, now: float
+    task: JobTask,
+    jobs: list[Job],
+    delay: float,
+    *,
+    window_ms: int,
+    now: float,
+    envelope_size: int = 1,
 ) -> list[Any]:
-    """Run ``admit.lua`` for each job in one pipeline; the raw replies, in order."""
-    due = repr(now + delay) if delay > 0 else "0"
-    ready_at = now + delay
+    """Run ``admit.lua`` over ``jobs`` in chunks; the raw replies, in order.
+
+    Every batch is for one queue and priority (``enqueue_many`` takes them per batch). The
+    queue's arguments go once per call and each job adds three (dedup key, id, message):
+    packing ~24 arguments per job was most of a batch's producer time. With
+    ``envelope_size`` > 1 each call is one envelope (:mod:`workers.envelopes`).
+    """
     settings = get_settings()
+    first = jobs[0]
+    if any((job.queue, job.priority) != (first.queue, first.priority) for job in jobs):
+        raise ValueError("one admit.lua call admits jobs of one queue and priority")
+    limits = backpressure.limits_for(first.queue, settings)
+    target = publisher.list_key(first.queue, first.priority)
+    queue_keys: list[Any] = [
+        keys.delayed() if delay > 0 else target,
+        limits.full_key,
+        limits.stats_key,
+        *limits.list_keys,
+    ]
+    queue_args: list[Any] = [
+        window_ms,
+        repr(now + delay) if delay > 0 else "0",
+        target,
+        keys.wake(first.queue),
+        limits.high,
+        limits.low,
+        repr(limits.max_age) if limits.max_age else "0",
+        repr(now),
+        backpressure.FULL_MARKER_TTL,
+        keys.counters(),
+        counters.field(counters.BACKPRESSURE_REJECTED, first.queue),
+    ]
+    if envelope_size > 1:
+        calls = _envelope_calls(task, jobs, queue_args, ready_at=now + delay, size=envelope_size)
+    else:
+        calls = _message_calls(task, jobs, queue_args, ready_at=now + delay)
     admit = resources.scripts().admit
-
-    def admit_arguments(job: Job) -> tuple[list[Any], list[Any]]:
-        limits = backpressure.limits_for(job.queue, settings)
-        target = publisher.list_key(job.queue, job.priority)
-        message = publisher.envelope(job, time_limit=task.time_limit)
-        message["headers"][HEADER]["ready_at"] = ready_at
-        return (
-            [
-                keys.dedup(job.key),
-                keys.delayed() if delay > 0 else target,
-                limits.full_key,
-                limits.stats_key,
-                *limits.list_keys,
-            ],
-            [
-                job.id,
-                window_ms,
-                json.dumps(message),
-                due,
-                target,
-                keys.wake(job.queue),
-                limits.high,
-                limits.low,
-                repr(limits.max_age) if limits.max_age else "0",
-                repr(now),
-                backpressure.FULL_MARKER_TTL,
-                keys.counters(),
-                counters.field(counters.BACKPRESSURE_REJECTED, job.queue),
-            ],
-        )
-
     try:
-        if len(jobs) == 1:  # a pipeline would add a SCRIPT EXISTS round trip
-            keys_, args_ = admit_arguments(jobs[0])
-            replies: Sequence[Any] = [admit(keys=keys_, args=args_)]
+        if len(calls) == 1:  # a pipeline would add a SCRIPT EXISTS round trip
+            replies = [admit(keys=queue_keys, args=calls[0])]
         else:
             with resources.redis_client().pipeline(transaction=False) as pipe:
-                for job in jobs:
-                    keys_, args_ = admit_arguments(job)
-                    admit(keys=keys_, args=args_, client=pipe)
+                for args in calls:
+                    admit(keys=queue_keys, args=args, client=pipe)
                 replies = pipe.execute()
     except publisher.REDIS_ERRORS as exc:
         raise BrokerUnavailable(f"broker unavailable, job not enqueued: {exc}") from exc
-    return list(replies)
+    return [reply for chunk_replies in replies for reply in chunk_replies]
+
+
+def _message_calls(
+    task: JobTask, jobs: list[Job], queue_args: list[Any], *, ready_at: float
+) -> list[list[Any]]:
+    """``admit.lua`` arguments publishing one message per job, ``ADMIT_CHUNK`` jobs a call."""
+    calls = []
+    for start in range(0, len(jobs), ADMIT_CHUNK):
+        args = [*queue_args, "m"]
+        for job in jobs[start : start + ADMIT_CHUNK]:
+            message = publisher.envelope(job, time_limit=task.time_limit)
+            message["headers"][HEADER]["ready_at"] = ready_at
+            args += [keys.dedup(job.key), job.id, json.dumps(message)]
+        calls.append(args)
+    return calls
+
+
+def _envelope_calls(
+    task: JobTask, jobs: list[Job], queue_args: list[Any], *, ready_at: float, size: int
+) -> list[list[Any]]:
+    """``admit.lua`` arguments publishing one envelope per call (size and bytes bounded)."""
+    settings = get_settings()
+    fragments = [envelopes.fragment(job) for job in jobs]
+    per_job_limit = float(task.time_limit or settings.time_limit)
+    first = jobs[0]
+    calls = []
+    for start, end in envelopes.pack(
+        [len(text) for text in fragments], max_jobs=size, max_bytes=settings.envelope_bytes
+    ):
+        # Each job has its own soft limit and lease fence; the envelope's limits only catch
+        # a run that outlives all of its jobs' limits together.
+        jobs_limit = per_job_limit * (end - start)
+        pieces = envelopes.template(
+            task=task.name,
+            queue=first.queue,
+            priority=first.priority,
+            time_limit=jobs_limit + settings.claim_lease_margin,
+            soft_time_limit=jobs_limit + settings.claim_lease_margin / 2,
+            ready_at=ready_at,
+            origin=publisher.ORIGIN,
+        )
+        args = [*queue_args, "e", *pieces]
+        for job, text in zip(jobs[start:end], fragments[start:end], strict=True):
+            args += [keys.dedup(job.key), job.id, text]
+        calls.append(args)
+    return calls
 
 
 def _admit_via_celery(task: JobTask, job: Job, window_ms: int, delay: float) -> JobRef:

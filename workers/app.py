@@ -18,6 +18,7 @@ CATALOGUE = (
     "jobs.buffers.tasks",
     "jobs.cache.tasks",
     "jobs.webhooks.tasks",
+    "workers.envelope_task",
 )
 
 

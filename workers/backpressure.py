@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from workers import keys, publisher
+from workers.envelopes import ENVELOPED_FIELD, waiting_jobs
 from workers.errors import QueueFull
 from workers.queues import QUEUE_NAMES
 
@@ -188,7 +189,9 @@ class DrainMeter:
         """Read counters and depths (one round trip), update and store the rates; returns them."""
         with self._client.pipeline(transaction=False) as pipe:
             for queue in self._queues:
-                pipe.hmget(keys.queue_stats(queue), [FETCHED, DRAIN_RATE, SAMPLED_AT])
+                pipe.hmget(
+                    keys.queue_stats(queue), [FETCHED, DRAIN_RATE, SAMPLED_AT, ENVELOPED_FIELD]
+                )
                 for key in list_keys(queue):
                     pipe.llen(key)
             replies = pipe.execute()
@@ -196,7 +199,8 @@ class DrainMeter:
         rates: dict[str, float] = {}
         for index, queue in enumerate(self._queues):
             stats = replies[index * step]
-            depth = sum(int(n) for n in replies[index * step + 1 : (index + 1) * step])
+            listed = sum(int(n) for n in replies[index * step + 1 : (index + 1) * step])
+            depth = waiting_jobs(listed, stats[3])
             rate = self._update(queue, now, fetched=int(stats[0] or 0), depth=depth, stored=stats)
             if rate is not None:
                 rates[queue] = rate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from workers.errors import InvalidJob
@@ -14,8 +15,9 @@ _JSON_LEAVES = (str, int, float, bool, type(None))
 def check_json(value: Any, path: str) -> None:
     """Raise :class:`InvalidJob` naming ``path`` if ``value`` is not JSON-native."""
     if isinstance(value, _JSON_LEAVES):
-        if isinstance(value, float) and value != value:  # noqa: PLR0124 - NaN check
-            raise InvalidJob(f"{path} is NaN, which JSON cannot carry", field=path)
+        if isinstance(value, float) and not math.isfinite(value):
+            name = "NaN" if math.isnan(value) else f"{'-' if value < 0 else ''}Infinity"
+            raise InvalidJob(f"{path} is {name}, which JSON cannot carry", field=path)
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):

@@ -44,15 +44,19 @@ def poison_record(
         task_name=str(headers.get("task") or "?"),
         queue=str(delivery.get("routing_key") or "?"),
         reason=reason,
-        idempotency_key=(headers.get("jobs") or {}).get("key")
-        if isinstance(headers.get("jobs"), dict)
-        else None,
+        idempotency_key=header_key(headers.get("jobs")),
         raw_message=base64.b64encode(body).decode(),
         exc_type=type(exc).__name__ if exc else None,
         exc_message=(f"{exc}" if exc else f"{reason}: content-type {message.content_type!r}")[
             :2000
         ],
     )
+
+
+def header_key(header: Any) -> str | None:
+    """The idempotency key a (possibly malformed) ``jobs`` header carries, if any."""
+    key = header.get("key") if isinstance(header, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def jittered(
@@ -109,7 +113,10 @@ class JobsConsumer(Consumer):  # type: ignore[misc]
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:  # noqa: ARG002
         """Disallowed content type (pickle, yaml...) or a malformed task message."""
-        reason = "content_disallowed" if isinstance(exc, ContentDisallowed) else "invalid_message"
+        if isinstance(exc, ContentDisallowed):
+            reason = "content_disallowed"
+        else:
+            reason = getattr(exc, "reason", None) or "invalid_message"
         self._dead_letter(message, reason, exc)
 
     def _dead_letter(self, message: Any, reason: str, exc: BaseException | None) -> None:

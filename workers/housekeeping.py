@@ -29,7 +29,7 @@ from workers.backpressure import DrainMeter
 from workers.resources import as_text, make_redis
 from workers.scripts import Scripts
 from workers.settings import Settings
-from workers.transport import ACTIVE_CONSUMERS, PRIORITY_SEP, _active_lock
+from workers.transport import ACTIVE_CONSUMERS, PRIORITY_SEP, STATS_KEY_PARTS, _active_lock
 
 log = structlog.get_logger("jobs.housekeeping")
 
@@ -115,7 +115,7 @@ class Housekeeper:
             moved = int(
                 self._scripts.promote(
                     keys=[keys.delayed()],
-                    args=[repr(now), PROMOTE_BATCH, keys.wake(""), PRIORITY_SEP],
+                    args=[repr(now), PROMOTE_BATCH, keys.wake(""), PRIORITY_SEP, *STATS_KEY_PARTS],
                 )
             )
             total += moved
@@ -167,7 +167,14 @@ class Housekeeper:
             count = int(
                 self._scripts.restore(
                     keys=[keys.inflight(consumer), keys.consumers()],
-                    args=[consumer, "", keys.wake(""), PRIORITY_SEP, repr(cutoff)],
+                    args=[
+                        consumer,
+                        "",
+                        keys.wake(""),
+                        PRIORITY_SEP,
+                        repr(cutoff),
+                        *STATS_KEY_PARTS,
+                    ],
                 )
             )
             restored += count

@@ -30,6 +30,41 @@ class Outcome(StrEnum):
     DEAD = "dead_lettered"
 
 
+#: Field of the ``jobs`` header -> the types its value may have (``None`` is always allowed).
+HEADER_FIELDS: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "attempt": (int,),
+    "run": (str,),
+    "dl": (dict,),
+}
+
+
+def header_problem(header: Any) -> str | None:
+    """What is wrong with a received ``jobs`` header, or ``None`` when it can be used."""
+    if header is None:
+        return None
+    if not isinstance(header, dict):
+        return f"the {HEADER!r} header is a {type(header).__name__}, not an object"
+    return fields_problem(header, HEADER_FIELDS, HEADER)
+
+
+def fields_problem(
+    value: dict[str, Any], fields: dict[str, tuple[type, ...]], prefix: str
+) -> str | None:
+    """The first of ``fields`` in ``value`` with a type it may not have, or a bad ``attempt``.
+
+    Shared by the ``jobs`` header and an envelope's job fragments (``workers.envelopes``).
+    """
+    for name, kinds in fields.items():
+        item = value.get(name)
+        if item is not None and (isinstance(item, bool) or not isinstance(item, kinds)):
+            return f"{prefix}.{name} is {item!r:.80}, not a {kinds[0].__name__}"
+    attempt = value.get("attempt")
+    if attempt is not None and attempt < 1:
+        return f"{prefix}.attempt is {attempt}, not a positive count"
+    return None
+
+
 @dataclass(slots=True)
 class Job:
     """One logical job as the worker runs it."""

@@ -183,3 +183,8 @@ def paused_queues() -> str:
 def paused_since() -> str:
     """Hash of paused queue name -> unix time it was paused (for operators)."""
     return f"{PREFIX}queues:paused:since"
+
+
+def envelope(envelope_id: str) -> str:
+    """Progress of an envelope: how many of its jobs are settled (its "current job" marker)."""
+    return f"{PREFIX}envelope:{envelope_id}"

@@ -52,6 +52,8 @@ class TaskKnobs(BaseModel):
     retry_base: float | None = Field(default=None, gt=0)
     retry_cap: float | None = Field(default=None, gt=0)
     time_limit: float | None = Field(default=None, gt=0)
+    #: Jobs per envelope for ``enqueue_many`` (1 = one message per job).
+    envelope_size: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class QueueKnobs(BaseModel):
@@ -101,6 +103,12 @@ class Settings(BaseSettings):
     worker_lost_max: int = Field(default=3, ge=1)
     #: Default hard time limit per task in seconds (soft limit is 90 % of it).
     time_limit: float = Field(default=300.0, gt=0)
+    #: ``enqueue_many`` packs up to this many jobs of one task into one broker message (an
+    #: envelope, see ``workers.envelopes``); 1 turns envelopes off. Per task: ``@job(
+    #: envelope_size=...)`` or ``JOBS_TASKS``.
+    envelope_size: int = Field(default=100, ge=1, le=10_000)
+    #: ... and at most this many bytes of job arguments per envelope.
+    envelope_bytes: int = Field(default=256 * 1024, ge=1024)
     #: Per-task overrides (JSON object keyed by task name).
     tasks: dict[str, TaskKnobs] = Field(default_factory=dict)
     #: Per-queue flow-control overrides (JSON object keyed by queue name).

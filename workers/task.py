@@ -20,6 +20,7 @@ from workers import publisher
 from workers.canonical import derive_key
 from workers.errors import ConfigurationError, Defer, InvalidJob, Settled
 from workers.failpoints import failpoint
+from workers.fence import LeaseExpired, lease_fence
 from workers.job import HEADER, Job, Outcome
 from workers.policies import DEFAULT_POLICIES, Execution, Policy, declared_options
 from workers.redaction import redact_text
@@ -27,6 +28,8 @@ from workers.settings import get_settings
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
+
+    from workers.envelope_run import EnvelopeRun
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,7 +58,10 @@ ADMISSION_OPTIONS = frozenset(
 )
 
 #: Options the decorator itself understands (the rest must be declared by a policy).
-TASK_OPTIONS = frozenset({"name", "queue", "time_limit", "priority"})
+TASK_OPTIONS = frozenset({"name", "queue", "time_limit", "priority", "envelope_size"})
+
+#: A job's soft time limit as a fraction of its hard limit.
+SOFT_LIMIT_RATIO = 0.9
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -66,6 +72,8 @@ class JobTask(Task):  # type: ignore[misc]
     policy_options: dict[str, Any] = {}  # noqa: RUF012 - overridden per task class
     policies: tuple[Policy, ...] = DEFAULT_POLICIES
     default_priority: int | None = None
+    #: ``@job(envelope_size=...)``; ``None`` = the ``envelope_size`` setting.
+    policy_options_envelope: int | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body through the policy chain (a direct call just runs the body)."""
@@ -83,19 +91,37 @@ class JobTask(Task):  # type: ignore[misc]
             priority=delivery.get("priority"),
             fallback_key=lambda: derive_key(self.name, args, kwargs),
         )
+        self.execute(job)
+        return None
+
+    def execute(self, job: Job, *, envelope: EnvelopeRun | None = None) -> Outcome:
+        """Run ``job`` through the policy chain; raise ``Reject`` when no outcome was stored.
+
+        In an envelope the job gets its own soft time limit (Celery's applies to the
+        envelope), and its claim and completion go through the envelope's progress.
+        """
+        settings = get_settings()
+        time_limit = float(self.time_limit or settings.time_limit)
         execution = Execution(
             app=self.app,
-            settings=get_settings(),
+            settings=settings,
             options=self.resolved_options(),
-            time_limit=float(self.time_limit or get_settings().time_limit),
+            time_limit=time_limit,
             func=self.run,
+            envelope=envelope,
+            soft_after=time_limit * SOFT_LIMIT_RATIO if envelope is not None else None,
         )
         structlog.contextvars.bind_contextvars(
             task_id=job.id, task=job.task, attempt=job.attempt, key=job.key
         )
         token = _current_job.set(job)
         try:
-            run_job(self.policies, job, execution, lambda: self.run(*args, **kwargs))
+            return run_job(self.policies, job, execution, lambda: self.run(*job.args, **job.kwargs))
+        except LeaseExpired:
+            # Another run may own the job now: store nothing. If the message is still ours it
+            # goes back to its queue; if it was recovered meanwhile, requeueing is a no-op.
+            log.warning("job_lease_expired", fence_after=execution.fence_after)
+            raise Reject("claim lease expired while the body ran", requeue=True) from None
         except Exception as exc:
             # The outcome could not be stored (e.g. the broker is down): keep the message.
             log.exception("job_outcome_not_stored", error=type(exc).__name__)
@@ -103,7 +129,12 @@ class JobTask(Task):  # type: ignore[misc]
         finally:
             _current_job.reset(token)
             structlog.contextvars.unbind_contextvars("task_id", "task", "attempt", "key")
-        return None
+
+    def envelope_size(self) -> int:
+        """Jobs per envelope for ``enqueue_many`` (1 = none): ``JOBS_TASKS``, option, default."""
+        settings = get_settings()
+        size = settings.knobs_for(self.name).envelope_size or self.policy_options_envelope
+        return int(size or settings.envelope_size)
 
     def resolved_options(self) -> dict[str, Any]:
         """This task's policy options: decorator values, then ``JOBS_TASKS`` overrides.
@@ -191,7 +222,8 @@ def run_job(
         for policy in policies:
             policy.before(job, execution)
             entered.append(policy)
-        body()
+        with lease_fence(execution.fence_after, soft_after=execution.soft_after):
+            body()
         failpoint("after_side_effect")
     except Settled:
         return job.outcome or Outcome.SKIPPED
@@ -224,13 +256,19 @@ def job(
     queue: str = "default",
     time_limit: float | None = None,
     priority: int | None = None,
+    envelope_size: int | None = None,
     **options: Any,
 ) -> Callable[[Callable[P, R]], JobTask]:
     """Declare a job: ``@job(name="webhooks.deliver", queue="webhooks", max_attempts=10)``.
 
     ``name`` is the wire name (a contract with queued messages and dead letters). Unknown
-    options are an error here, at declaration, not a silent no-op.
+    options are an error here, at declaration, not a silent no-op. ``envelope_size`` caps the
+    jobs ``enqueue_many`` packs into one message (1 opts the task out of envelopes).
     """
+    if envelope_size is not None and (
+        isinstance(envelope_size, bool) or not isinstance(envelope_size, int) or envelope_size < 1
+    ):
+        raise ConfigurationError(f"job {name!r}: envelope_size must be an integer >= 1")
     unknown = set(options) - declared_options()
     if unknown:
         known = sorted(declared_options() | TASK_OPTIONS)
@@ -256,8 +294,9 @@ def job(
             base=JobTask,
             queue=queue,
             time_limit=limit,
-            soft_time_limit=limit * 0.9,
+            soft_time_limit=limit * SOFT_LIMIT_RATIO,
             policy_options=dict(options),
+            policy_options_envelope=envelope_size,
             default_priority=priority,
             typing=False,
         )(func)

@@ -60,7 +60,9 @@ PRIORITY_SEP = "\x06\x16"
 _FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdigest()
 #: fetch.lua's drain-counter arguments (backpressure): the text around the queue name in its
 #: stats key; and the priority separator (also how it finds a list key's queue for pausing).
-_DRAIN_COUNTER_ARGS = (*keys.queue_stats("\x00").split("\x00"), PRIORITY_SEP)
+#: A queue's stats key cut around the queue name (the Lua scripts derive it per queue).
+STATS_KEY_PARTS = tuple(keys.queue_stats("\x00").split("\x00"))
+_DRAIN_COUNTER_ARGS = (*STATS_KEY_PARTS, PRIORITY_SEP)
 
 #: Consumer ids in this process; the housekeeping thread heart-beats them.
 ACTIVE_CONSUMERS: set[str] = set()
@@ -119,12 +121,47 @@ def garbage_envelope(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
 def decode_fetched(raw: bytes, tag: str, queue: str) -> dict[str, Any]:
     """The kombu envelope of a fetched entry, or a garbage envelope when it is not one."""
     try:
-        message = loads(bytes_to_str(raw))
+        message: dict[str, Any] = loads(bytes_to_str(raw))
     except (ValueError, UnicodeDecodeError):
         return garbage_envelope(raw, tag, queue)
-    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict):
+    if not is_kombu_envelope(message):
         return garbage_envelope(raw, tag, queue)
+    message["properties"]["delivery_tag"] = tag
     return message
+
+
+def is_kombu_envelope(message: Any) -> bool:
+    """Whether ``message`` has the shape kombu's ``Message`` reads without crashing.
+
+    A field of the wrong type (headers that are a string, say) would otherwise raise inside
+    the consumer loop, which Celery treats as unrecoverable: the worker exits, and so does
+    every worker that recovers the message after it.
+    """
+    if not isinstance(message, dict):
+        return False
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return False
+    optional_types: list[tuple[Any, type | tuple[type, ...]]] = [
+        (properties.get("delivery_info"), dict),
+        (properties.get("body_encoding"), str),
+        (message.get("headers"), dict),
+        (message.get("body"), str),
+        (message.get("content-type"), str),
+        (message.get("content-encoding"), str),
+    ]
+    if not all(value is None or isinstance(value, kind) for value, kind in optional_types):
+        return False
+    return properties.get("body_encoding") != "base64" or decodes_as_base64(message.get("body"))
+
+
+def decodes_as_base64(body: str | None) -> bool:
+    """Whether kombu's base64 codec accepts ``body`` (it raises on bad padding)."""
+    try:
+        base64.b64decode(body or "")
+    except ValueError:
+        return False
+    return True
 
 
 class ReliableQoS(kombu_redis.QoS):
@@ -315,7 +352,14 @@ class ReliableChannel(kombu_redis.Channel):
         return int(
             self._scripts.restore(
                 keys=[self.inflight_key, keys.consumers()],
-                args=[self.consumer_id, delivery_tag or "", keys.wake(""), PRIORITY_SEP],
+                args=[
+                    self.consumer_id,
+                    delivery_tag or "",
+                    keys.wake(""),
+                    PRIORITY_SEP,
+                    "",
+                    *STATS_KEY_PARTS,
+                ],
             )
         )
 

@@ -20,7 +20,7 @@ from jobs.cache.loaders import resolve
 from jobs.cache.values import encode, get, new_version, store_encoded
 from workers import keys as redis_keys
 from workers import resources
-from workers.policies.idempotency import owner_prefix
+from workers.owners import owner_prefix
 from workers.settings import get_settings
 
 log = structlog.get_logger("jobs.cache")

@@ -59,7 +59,9 @@ def warm(*, warmer: str) -> None:
         raise Defer(max(exc.retry_after, 1.0), "queue_full") from exc
 
 
-@job(name="cache.load", queue="cache", time_limit=120, max_attempts=3)
+# Each chunk is already a batch, and chunks must run side by side up to max_concurrency:
+# one message per chunk.
+@job(name="cache.load", queue="cache", time_limit=120, max_attempts=3, envelope_size=1)
 def load(
     *, warmer: str, keys: list[dict[str, Any]], run: str | None = None, chunk: int | None = None
 ) -> None:

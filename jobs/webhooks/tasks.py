@@ -46,6 +46,8 @@ def _host_limit() -> dict[str, Any]:
     time_limit=max(60.0, 3 * _settings.webhook_timeout),
     max_attempts=MAX_ATTEMPTS,
     breaker_key=destination,
+    # One slow receiver must not hold up the deliveries behind it: one message per delivery.
+    envelope_size=1,
     **_host_limit(),
 )
 def deliver_webhook(*, event_id: str, endpoint_id: int, host: str) -> str:  # noqa: ARG001 - host keys the breaker and the limit

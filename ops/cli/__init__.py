@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import breakers, dlq, limits, run, webhooks
+from ops.cli import bench, breakers, dlq, limits, run, webhooks
 from ops.cli.exporter import register as register_exporter
 from ops.cli.health import register as register_health
 from ops.cli.queues import app as queues_app
@@ -26,6 +26,7 @@ register_health(app)
 register_status(app)
 app.add_typer(queues_app, name="queues")
 register_exporter(app)
+bench.register(app)
 
 
 def main() -> None:

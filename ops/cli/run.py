@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.console import Console
 
+from ops.profiles import PROFILES, profile_options
 from workers.queues import QUEUE_NAMES
 
 if TYPE_CHECKING:
@@ -91,9 +92,11 @@ def worker_argv(
     loglevel: str,
     hostname: str | None,
     extra: list[str],
+    profile: str = "standard",
 ) -> list[str]:
     """The ``celery worker`` command line for these options."""
     argv = celery_command("worker", "-Q", queues, "-P", pool, "--loglevel", loglevel)
+    argv += profile_options(profile)
     if concurrency is not None:
         argv += ["-c", str(concurrency)]
     if hostname:
@@ -119,16 +122,28 @@ def worker(
     ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="Celery's log level."),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Worker node name."),
+    profile: str = typer.Option(
+        "standard",
+        "--profile",
+        help="standard (task events for Flower) or throughput (bulk queues fed by "
+        "enqueue_many: no task events, heartbeats, mingle or gossip; prefetch 4). "
+        "Trade-offs: ops/profiles.py and docs/throughput.md.",
+    ),
 ) -> None:
     """Start a worker (``celery worker`` with our app and defaults).
 
     The worker acknowledges a job only after its outcome is stored (done, retried or
     dead-lettered); SIGTERM is a warm shutdown that finishes the running jobs.
 
-    Usage: jobctl worker [-Q QUEUES] [-c N] [-P prefork|threads] [-l LEVEL] [-- CELERY OPTIONS]
+    Usage: jobctl worker [-Q QUEUES] [-c N] [-P prefork|threads] [--profile NAME] [-l LEVEL]
+                         [-- CELERY OPTIONS]
 
     Example: jobctl worker -Q webhooks -P threads -c 32
+    Example: jobctl worker -Q default --profile throughput
     """
+    if profile not in PROFILES:
+        errors.print(f"unknown worker profile {profile!r}; known: {', '.join(sorted(PROFILES))}")
+        raise typer.Exit(2)
     exec_celery(
         worker_argv(
             queues=queues,
@@ -137,6 +152,7 @@ def worker(
             loglevel=loglevel,
             hostname=hostname,
             extra=list(ctx.args),
+            profile=profile,
         )
     )
 

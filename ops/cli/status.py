@@ -39,6 +39,7 @@ from scheduler import leader
 from workers import deadletters, health, keys, pausing, ratelimits, resources
 from workers.backpressure import DRAIN_RATE, list_keys
 from workers.breakers import Breakers
+from workers.envelopes import ENVELOPED_FIELD, waiting_jobs
 from workers.job import HEADER
 from workers.queues import QUEUE_NAMES
 from workers.redaction import redact_text
@@ -140,7 +141,7 @@ def read_queues(
             for key in list_keys(queue):
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # LPUSHed, RPOPped: the oldest is at the tail
-            pipe.hget(keys.queue_stats(queue), DRAIN_RATE)
+            pipe.hmget(keys.queue_stats(queue), [DRAIN_RATE, ENVELOPED_FIELD])
         replies = pipe.execute()
     paused = pausing.paused(client)
     consumers = draining(client, settings or get_settings(), now)
@@ -148,7 +149,9 @@ def read_queues(
     rows = []
     for index, queue in enumerate(QUEUE_NAMES):
         part = replies[index * step : (index + 1) * step]
-        depth = sum(int(n) for n in part[0:-1:2])
+        rate, enveloped = part[-1]
+        # Jobs, not messages: a waiting envelope of n jobs counts n (workers/envelopes.py).
+        depth = waiting_jobs(sum(int(n) for n in part[0:-1:2]), enveloped)
         ready = [at for at in map(ready_at, part[1:-1:2]) if at is not None]
         since = paused.get(queue)
         rows.append(
@@ -156,7 +159,7 @@ def read_queues(
                 queue=queue,
                 depth=depth,
                 oldest_age=max(now - min(ready), 0.0) if ready and depth else None,
-                drain_rate=None if part[-1] is None else float(as_text(part[-1])),
+                drain_rate=None if rate is None else float(as_text(rate)),
                 paused=queue in paused,
                 paused_for=None if since is None else max(now - since, 0.0),
                 consumers=consumers.get(queue, 0),

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from ops.services import PostgresProcess, RedisProcess, libpq_url
 from tests.faults.conftest import run_python
@@ -18,6 +19,8 @@ def dead_letter_reasons(url: str) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in conn.execute("SELECT task_name, reason FROM dead_letters")]
 
 
+# CI runs test_postgres_outage.py's 8 s outage instead (it dead-letters while down too).
+@pytest.mark.slow
 def test_a_dead_letter_written_while_postgres_is_down_is_kept_and_lands_after_it_returns(
     clean: Any,
     worker_env: dict[str, str],

@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from ops.services import RedisProcess
 from tests.faults.conftest import run_python
 from tests.support.worker import Worker, wait_for
 
 
+# CI runs test_redis_faults.py's kill and restart under a live producer instead.
+@pytest.mark.slow
 def test_jobs_accepted_before_a_redis_crash_all_run_after_it_restarts(
     clean: Any, worker_env: dict[str, str], tmp_path: Any, throwaway_redis: RedisProcess
 ) -> None:

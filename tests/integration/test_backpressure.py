@@ -24,10 +24,14 @@ import jobs
 from jobs.http import queue_full_response
 from tests import tasks
 from tests.support.worker import wait_for
-from workers import resources
+from workers import keys, resources
 from workers.backpressure import DEFAULT_RETRY_AFTER, estimate_retry_after
+from workers.envelopes import ENVELOPED_FIELD
 from workers.errors import BatchQueueFull, QueueFull
 from workers.settings import get_settings
+
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
 
 HIGH, LOW = 200, 50
 LIST_KEYS = ("default", "default\x06\x163", "default\x06\x166", "default\x06\x169")
@@ -64,12 +68,32 @@ def aged_queues(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def large_queues(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Watermarks 1,200/300 on "default" (more than two admit.lua chunks)."""
+    yield configure(monkeypatch, high_watermark=1200, low_watermark=300)
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 def depth(client: Any) -> int:
-    """Waiting jobs on "default", summed over its priority sub-queues."""
+    """Waiting jobs on "default", summed over its priority sub-queues (envelopes count jobs)."""
     with client.pipeline(transaction=False) as pipe:
         for key in LIST_KEYS:
             pipe.llen(key)
-        return sum(pipe.execute())
+        pipe.hget(keys.queue_stats("default"), ENVELOPED_FIELD)
+        *lengths, enveloped = pipe.execute()
+    return sum(lengths) + int(enveloped or 0)
+
+
+def empty(client: Any) -> None:
+    """Every waiting job of "default" is gone (as if fetched)."""
+    client.delete(*LIST_KEYS)
+    client.hdel(keys.queue_stats("default"), ENVELOPED_FIELD)
+
+
+#: For tests that drain a queue one job at a time with RPOP/LTRIM: one message per job only.
+messages_only = pytest.mark.parametrize("delivery", ["messages"], indirect=True)
 
 
 _numbers = itertools.count(1_000_000)
@@ -86,7 +110,7 @@ def effects_count(db: Any) -> int:
 
 
 def test_over_the_high_watermark_enqueue_raises_queue_full_and_publishes_nothing(
-    clean: Any, small_queues: Any
+    clean: Any, small_queues: Any, delivery: str
 ) -> None:
     """Given "default" filled to its high watermark across two priority sub-queues, when a job
     is enqueued (now, later, or via apply_async), then QueueFull names the queue, depth and
@@ -96,7 +120,7 @@ def test_over_the_high_watermark_enqueue_raises_queue_full_and_publishes_nothing
     fill(100)
     fill(100, priority=9)
     assert depth(client) == HIGH
-    assert client.llen("default\x06\x169") == 100
+    assert client.llen("default\x06\x169") == (100 if delivery == "messages" else 1)
 
     with pytest.raises(QueueFull) as caught:
         jobs.enqueue(tasks.noop, n=1, key="refused-1")
@@ -116,6 +140,7 @@ def test_over_the_high_watermark_enqueue_raises_queue_full_and_publishes_nothing
     assert (status, dict(headers)["Retry-After"]) == (503, "5")
 
 
+@messages_only
 def test_a_full_queue_stays_closed_until_it_drains_below_the_low_watermark(
     clean: Any, small_queues: Any
 ) -> None:
@@ -141,6 +166,7 @@ def test_a_full_queue_stays_closed_until_it_drains_below_the_low_watermark(
     assert depth(client) == HIGH
 
 
+@messages_only
 def test_enqueue_many_admits_up_to_the_watermark_and_names_the_rest(
     clean: Any, small_queues: Any
 ) -> None:
@@ -167,6 +193,33 @@ def test_enqueue_many_admits_up_to_the_watermark_and_names_the_rest(
     assert [ref.id for ref in refs[:5]] == [ref.id for ref in exc.accepted]
 
 
+def test_a_batch_larger_than_one_script_call_is_decided_job_by_job_across_chunks(
+    clean: Any, large_queues: Any, delivery: str
+) -> None:
+    """Given a high watermark of 1,200 and an empty queue, when a batch of 1,500 is enqueued
+    (three admit.lua calls of 500), then exactly the first 1,200 are admitted, in order,
+    the rest refused by position; a batch with a countdown goes to the delayed store, one
+    entry per job, and leaves the queue's depth alone.
+    """
+    _, client = clean
+    with pytest.raises(BatchQueueFull) as caught:
+        jobs.enqueue_many(tasks.noop, [{"n": i} for i in range(1500)])
+    assert len(caught.value.accepted) == 1200
+    assert caught.value.refused == list(range(1200, 1500))
+    assert depth(client) == 1200
+    # A wake token per message published (64 kept): per job, or per envelope of 100.
+    per_message = delivery == "messages"
+    assert client.llen("jobs:wake:default") == (64 if per_message else 12)
+
+    empty(client)
+    client.delete(FULL_MARKER)
+    refs = jobs.enqueue_many(tasks.noop, [{"n": 10_000 + i} for i in range(600)], countdown=60)
+    assert len(refs) == 600
+    assert not any(ref.deduplicated for ref in refs)
+    assert client.zcard("jobs:delayed") == (600 if per_message else 6)
+    assert depth(client) == 0
+
+
 def test_a_queue_whose_oldest_job_is_too_old_refuses_until_it_is_fetched(
     clean: Any, aged_queues: Any
 ) -> None:
@@ -187,7 +240,7 @@ def test_a_queue_whose_oldest_job_is_too_old_refuses_until_it_is_fetched(
     exc = wait_for(refused, 5, "an age refusal", interval=0.1)
     assert exc.depth < HIGH
     assert any("max age 1.0s" in note for note in exc.__notes__)
-    client.delete(*LIST_KEYS)  # every waiting job is fetched
+    empty(client)  # every waiting job is fetched
     assert not jobs.enqueue(tasks.noop, n=1).deduplicated
 
 
@@ -346,6 +399,10 @@ def test_depth_stays_bounded_while_producers_hammer_and_reopens_once_workers_dra
     assert effects_count(db) == total
 
 
+@pytest.mark.serial  # measures a time window: run alone
+# With envelopes the drain rate is measured at fetch, 100 jobs at a time (coarse by design):
+# the bounds below are for one job per message.
+@messages_only
 def test_retry_after_reflects_the_drain_rate_workers_measured(
     clean: Any, small_queues: dict[str, str], workers: Any
 ) -> None:

@@ -31,6 +31,9 @@ from workers.app import app
 from workers.errors import QueueFull
 from workers.settings import Settings
 
+#: Measures rates or time windows: ops/test.sh runs these alone, after the parallel phase.
+pytestmark = pytest.mark.serial
+
 #: A fast schedule: one entry every second, one every two.
 PERIODS = {"tick1": 1.0, "tick2": 2.0}
 #: ``tests.tasks_beat.TICKS`` (not imported: beattest.tick is registered only in the
@@ -239,10 +242,9 @@ class BeatProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture
-def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    """Factory of beat processes on the fast test schedule; all stopped after the test."""
-    env = {
+def beat_test_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """Environment of beats on the fast test schedule (``beattest.tick``, short lease)."""
+    return {
         **worker_env,
         "JOBS_EXTRA_TASK_MODULES": json.dumps([*TEST_TASK_MODULES, "tests.tasks_beat"]),
         "JOBS_BEAT_FAMILIES": "[]",
@@ -255,6 +257,12 @@ def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         "JOBS_BEAT_LEASE": str(LEASE),
         "JOBS_BEAT_STANDBY_POLL": str(POLL),
     }
+
+
+@pytest.fixture
+def beats(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Factory of beat processes on the fast test schedule; all stopped after the test."""
+    env = beat_test_env(worker_env)
     started: list[BeatProcess] = []
 
     def start() -> BeatProcess:

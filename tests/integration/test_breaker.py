@@ -28,6 +28,9 @@ from workers import keys
 from workers.breakers import Breakers, BreakerState, Result, State, Thresholds
 from workers.settings import get_settings
 
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 

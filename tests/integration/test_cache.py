@@ -252,7 +252,7 @@ def test_the_demo_warmer_loads_mv_daily_stats_days(redis_client: Any, database_u
     ``mv_daily_stats``, when the demo warmer lists and loads its keys, then today's key
     ``stats:daily:<day>`` holds that day's row of the view.
     """
-    from jobs.partitions import ensure_all  # noqa: PLC0415 - helper B's family
+    from jobs.partitions import ensure_all  # noqa: PLC0415 - the partitions family
 
     ensure_all()
     user = 9_000_000 + uuid.uuid4().int % 1_000_000

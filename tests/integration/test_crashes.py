@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
+
+import pytest
 
 import jobs
 from tests import tasks
 from tests.integration.test_execution import dead, effects, runs
 from tests.support.worker import wait_for
+
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
 
 
 def test_a_worker_sigkilled_mid_task_has_the_task_completed_exactly_once_by_a_new_worker(
@@ -18,14 +24,15 @@ def test_a_worker_sigkilled_mid_task_has_the_task_completed_exactly_once_by_a_ne
     new worker starts the task completes, and its side effect exists exactly once.
     """
     db, redis_client = clean
-    first = workers(concurrency=1)
+    short_lease = {"JOBS_TASKS": json.dumps({"tests.record": {"time_limit": 5}})}
+    first = workers(concurrency=1, extra_env=short_lease)
     jobs.enqueue(tasks.record, name="sleepy", sleep=3)
     wait_for(lambda: runs(db, "sleepy"), 20, "task started")
     first.kill_all()
     assert effects(db, "sleepy") == []
-    workers(concurrency=1)
-    # recovery: heartbeat silence (3 s) + claim lease (time limit 20 s + 1 s margin)
-    wait_for(lambda: effects(db, "sleepy"), 60, "task completed after restart")
+    workers(concurrency=1, extra_env=short_lease)
+    # recovery: heartbeat silence (3 s) + the dead run's claim lease (time limit 5 s + 1 s)
+    wait_for(lambda: effects(db, "sleepy"), 30, "task completed after restart")
     time.sleep(1)
     assert effects(db, "sleepy") == [("sleepy", 1)]
     assert redis_client.zcard("jobs:delayed") == 0

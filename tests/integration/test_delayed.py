@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 import jobs
 from tests import tasks
 from tests.integration.test_execution import runs
@@ -16,6 +18,9 @@ from workers.housekeeping import Housekeeper
 from workers.job import Job
 from workers.publisher import envelope
 from workers.settings import get_settings
+
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
 
 
 def test_a_countdown_longer_than_the_visibility_timeout_runs_exactly_once(

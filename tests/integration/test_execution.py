@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 import jobs
 from tests import tasks
 from tests.support.worker import wait_for
 from workers import publisher
 from workers.job import Job
+
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
 
 
 def effects(db: Any, name: str | None = None) -> list[tuple[str, int]]:

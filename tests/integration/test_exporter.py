@@ -370,8 +370,9 @@ class CommandCounter:
         return list(self.names)
 
 
+@pytest.mark.parametrize("delivery", ["messages"], indirect=True)  # 10,000 messages
 def test_a_scrape_costs_the_same_redis_commands_for_10_or_10000_waiting_jobs(
-    clean: Any, monkeypatch: pytest.MonkeyPatch
+    clean: Any, monkeypatch: pytest.MonkeyPatch, delivery: str
 ) -> None:
     """Given 10 waiting jobs, then 10,000 (plus delayed jobs, a breaker and buffered rows),
     When the exporter is scraped,

@@ -1,8 +1,10 @@
-"""No job lost, not even in the fetch window: kills during a drain and crash failpoints."""
+"""No job lost, not even in the fetch window: crash failpoints.
+
+The 10,000-job SIGKILL drain lives in ``tests/faults/test_kill_drain.py``.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -12,46 +14,12 @@ from tests import tasks
 from tests.integration.test_execution import dead, effects
 from tests.support.worker import wait_for
 
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
+
 
 def inflight_total(redis_client: Any) -> int:
     return sum(redis_client.hlen(key) for key in redis_client.scan_iter("jobs:inflight:*"))
-
-
-def settled(db: Any, redis_client: Any, expected: int) -> bool:
-    done = db.execute("SELECT count(*) FROM test_effects").fetchone()[0]
-    return bool(
-        done == expected and redis_client.llen("default") == 0 and inflight_total(redis_client) == 0
-    )
-
-
-def test_ten_thousand_jobs_survive_five_sigkills_of_the_worker_main_process(
-    clean: Any, workers: Any
-) -> None:
-    """Given 10,000 jobs with a Postgres side effect, when the worker's main process is
-    SIGKILLed 5 times during the drain (a new worker started after each kill), then every job's
-    side effect exists exactly once: 0 lost, 0 twice.
-    """
-    db, redis_client = clean
-    total = 10_000
-    for start in range(0, total, 1000):
-        jobs.enqueue_many(tasks.noop, [{"n": n} for n in range(start, start + 1000)])
-    assert redis_client.llen("default") == total
-    worker = workers(concurrency=2, name="drain")
-    for _ in range(5):
-        time.sleep(1.5)
-        worker.kill_main()
-        worker = workers(concurrency=2, name="drain")
-    wait_for(lambda: settled(db, redis_client, total), 240, "all 10,000 side effects", interval=0.5)
-    rows, distinct, reruns = db.execute(
-        "SELECT count(*), count(DISTINCT key), count(*) FILTER (WHERE hits > 1) FROM test_effects"
-    ).fetchone()
-    print(
-        f"\nFIGURE kill-drain: jobs={total} kills=5 effects={rows} distinct={distinct} "
-        f"body_reruns={reruns}"
-    )
-    assert rows == distinct == total
-    assert reruns <= 5 * 2  # only jobs caught between side effect and done-mark may re-run
-    assert dead(db) == []
 
 
 @pytest.mark.parametrize(

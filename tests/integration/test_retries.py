@@ -5,11 +5,16 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
 import jobs
 from tests import tasks
 from tests.integration.test_execution import dead, effects, runs
 from tests.support.worker import wait_for
 from workers.backoff import backoff_ceiling
+
+#: Every test runs with one message per job and with envelopes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("delivery")
 
 
 def test_a_job_failing_twice_then_succeeding_runs_three_attempts_within_backoff_bounds(

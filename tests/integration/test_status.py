@@ -131,6 +131,7 @@ def test_status_json_has_exactly_the_scripted_values(scripted: dict[str, Any]) -
     ]
 
 
+@pytest.mark.serial  # measures a time window: run alone
 def test_status_tables_show_every_section_and_watch_refreshes(scripted: dict[str, Any]) -> None:
     """Given the scripted state, the table output has every section title and the values; with
     `--watch 0.5` (stopped by `timeout`) at least two frames are printed.
@@ -144,7 +145,7 @@ def test_status_tables_show_every_section_and_watch_refreshes(scripted: dict[str
     assert DESTINATION in result.stdout
     assert "beat-host:99:cafe" in result.stdout
     # Generous: on a loaded machine importing jobctl alone can take seconds.
-    watched = jobctl("status", "--watch", "0.5", prefix=("timeout", "15"))
+    watched = jobctl("status", "--watch", "0.5", prefix=("timeout", "9"))
     assert watched.returncode == 124, watched.stderr
     assert watched.stdout.count("jobs status at") >= 2, watched.stdout[-2000:]
 

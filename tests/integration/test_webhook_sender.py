@@ -19,6 +19,7 @@ import pytest
 from jobs.webhooks import sender as sender_module
 from jobs.webhooks.sender import HttpResult, Sender, sender
 from jobs.webhooks.ssrf import AllowList, Resolver, system_resolver
+from tests.support.worker import wait_for
 from workers.errors import SsrfBlocked
 from workers.settings import get_settings
 
@@ -547,24 +548,66 @@ def test_keep_alive_reuses_connections(
 
 
 def test_threads_share_one_pool(server: CountingServer, make_sender: Callable[..., Sender]) -> None:
-    """Given one sender with a pool of 4, When 8 threads post 5 times each,
-    Then all 40 posts succeed over at most 4 connections.
+    """Given one sender with a pool of 4, When 12 threads post 25 times each,
+    Then all 300 posts succeed over at most 4 connections.
+
+    Regression: with more threads than connections, httpcore 1.0.9 could close a connection
+    it had handed to a queued request under that request (EBADF on read; encode/httpcore
+    #1110); the sender now never lets a request queue inside the pool.
     """
     # A generous deadline: on a loaded machine a thread may wait for a free connection.
     client = make_sender(allow=LOOPBACK, pool_size=4, timeout=10.0)
-    statuses: list[int] = []
+    statuses: list[int | str] = []
 
     def work() -> None:
         url = f"http://127.0.0.1:{server.port}/"
-        statuses.extend(client.post(url, body=b"{}", headers={}).status for _ in range(5))
+        for _ in range(25):
+            try:
+                statuses.append(client.post(url, body=b"{}", headers={}).status)
+            except httpx.TransportError as exc:
+                statuses.append(f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work) for _ in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(30)
-    assert statuses == [204] * 40
+        thread.join(60)
+    assert [status for status in statuses if status != 204] == []
+    assert len(statuses) == 300
     assert server.accepts <= 4
+
+
+@pytest.mark.timeout(15)
+def test_a_post_waiting_for_a_connection_gives_up_at_the_deadline(
+    make_sender: Callable[..., Sender],
+) -> None:
+    """Given a pool of 1 held by a post to a receiver that never answers, When a second
+    thread posts with a 0.6 s deadline, Then its wait for the connection counts against that
+    deadline: it raises an httpx timeout before 0.6 s + margin, like the first.
+    """
+    with CountingServer(behaviour=_hang) as srv:
+        client = make_sender(allow=LOOPBACK, pool_size=1, timeout=0.6, connect_timeout=0.6)
+        url = f"http://127.0.0.1:{srv.port}/"
+        outcomes: list[str] = []
+
+        def hold() -> None:
+            try:
+                client.post(url, body=b"{}", headers={})
+            except httpx.TimeoutException as exc:
+                outcomes.append(type(exc).__name__)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        wait_for(lambda: len(srv.requests) == 1, 5, "the first post reached the receiver")
+        started = time.monotonic()
+        with pytest.raises(httpx.TimeoutException):
+            client.post(url, body=b"{}", headers={})
+        took = time.monotonic() - started
+        holder.join(5)
+        srv.release.set()
+    assert took < 0.6 + MARGIN
+    assert len(srv.requests) <= 2
+    assert outcomes == ["ReadTimeout"]
 
 
 def _tls_files(directory: Path) -> tuple[Path, Path, Path]:

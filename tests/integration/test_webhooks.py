@@ -376,12 +376,15 @@ def test_a_dead_host_opens_its_breaker_parks_jobs_then_everything_is_delivered(
     assert opened.opened_at is not None
     assert opened.half_open_at is not None
     window = (opened.opened_at.timestamp() + 0.5, opened.half_open_at.timestamp())
+    # Count the attempts and let the receiver recover just before the breaker half-opens: a
+    # probe sent at that moment must not meet a 503 the test has not switched off yet.
+    wait_for(lambda: time.time() > window[1] - 0.5, 10, "the open period to near its end")
+    attempts_while_open = sum(delivery(db, e)["attempts"] for e in ids)
+    receiver.always("/hook", OK)
     wait_for(lambda: time.time() > window[1], 10, "the open period to pass")
     during = [r for r in receiver.received() if window[0] < r.at < window[1]]
     assert during == [], "calls reached a host whose breaker was open"
-    attempts_while_open = sum(delivery(db, e)["attempts"] for e in ids)
 
-    receiver.always("/hook", OK)
     wait_for(
         lambda: all(delivery(db, e)["status"] == "delivered" for e in ids), 60, "all delivered"
     )

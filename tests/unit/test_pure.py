@@ -13,8 +13,10 @@ from workers.backoff import backoff_ceiling, full_jitter
 from workers.canonical import canonical_json, check_json, derive_key
 from workers.deadletters import fingerprint
 from workers.errors import InvalidJob
+from workers.job import header_problem
 from workers.publisher import list_key
 from workers.redaction import redact, redact_text, safe_repr
+from workers.request import message_problem
 from workers.transport import GARBAGE_CONTENT_TYPE, decode_fetched, due_time, queue_of
 
 
@@ -45,6 +47,8 @@ def test_canonical_json_ignores_key_order_so_derived_keys_match() -> None:
         ({"nested": {1: "x"}}, "argument 'when'['nested']"),
         ([1, {2}], "argument 'when'[1]"),
         (float("nan"), "argument 'when'"),
+        (float("inf"), "argument 'when'"),
+        ([float("-inf")], "argument 'when'[0]"),
     ],
 )
 def test_values_json_cannot_carry_are_refused_naming_the_argument(
@@ -84,6 +88,74 @@ def test_bytes_that_are_no_envelope_become_a_garbage_envelope() -> None:
     assert wrapped["properties"]["delivery_tag"] == "garbage:1"
     real = {"properties": {"delivery_tag": "t"}, "headers": {}, "body": ""}
     assert decode_fetched(json.dumps(real).encode(), "t", "default") == real
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"properties": {}, "headers": "not a dict"},
+        {"properties": {"delivery_info": "default"}},
+        {"properties": {}, "body": ["not", "text"]},
+        {"properties": {}, "content-type": 5},
+        {"properties": {"body_encoding": "base64"}, "body": "abc"},
+    ],
+)
+def test_an_envelope_kombu_could_not_read_becomes_a_garbage_envelope(
+    envelope: dict[str, object],
+) -> None:
+    """A field of the wrong type would crash kombu's Message inside the consumer loop."""
+    wrapped = decode_fetched(json.dumps(envelope).encode(), "garbage:2", "default")
+    assert wrapped["content-type"] == GARBAGE_CONTENT_TYPE
+
+
+def test_a_fetched_envelope_carries_the_tag_its_in_flight_entry_has() -> None:
+    """fetch.lua files a message without a string delivery_tag under a synthetic tag."""
+    fetched = decode_fetched(json.dumps({"properties": {}}).encode(), "garbage:3", "default")
+    assert fetched["properties"]["delivery_tag"] == "garbage:3"
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        (["key"], "not an object"),
+        ({"attempt": "many"}, "jobs.attempt is 'many'"),
+        ({"attempt": True}, "jobs.attempt"),
+        ({"attempt": 0}, "not a positive count"),
+        ({"key": 5}, "jobs.key is 5"),
+        ({"dl": "x"}, "jobs.dl"),
+    ],
+)
+def test_a_malformed_jobs_header_is_described_naming_the_field(header: object, words: str) -> None:
+    """Each unusable header gets a one-line reason naming what is wrong."""
+    problem = header_problem(header)
+    assert problem is not None
+    assert words in problem
+
+
+def test_a_usable_jobs_header_has_no_problem() -> None:
+    """Missing (a foreign producer) or well-formed headers pass."""
+    assert header_problem(None) is None
+    assert header_problem({}) is None
+    assert header_problem({"key": "k", "attempt": 2, "run": "r", "dl": None}) is None
+
+
+def test_arguments_that_are_no_list_or_mapping_are_invalid_args() -> None:
+    """Args and kwargs of the wrong shape dead-letter as invalid_args; a bad header as
+    invalid_message.
+    """
+    bad_kwargs = message_problem([], ["name"], None)
+    assert bad_kwargs is not None
+    assert (bad_kwargs.reason, str(bad_kwargs)) == (
+        "invalid_args",
+        "kwargs is a list, not an object",
+    )
+    bad_args = message_problem({"a": 1}, {}, None)
+    assert bad_args is not None
+    assert bad_args.reason == "invalid_args"
+    bad_header = message_problem([], {}, {"attempt": "x"})
+    assert bad_header is not None
+    assert bad_header.reason == "invalid_message"
+    assert message_problem((), {}, {"key": "k"}) is None
 
 
 def test_secrets_are_redacted_by_name_and_inside_urls() -> None:

@@ -10,7 +10,8 @@
 -- ARGV[2]      now, unix seconds
 -- ARGV[3..4]   drain counter (backpressure): the queue's stats key is ARGV[3] .. <queue> .. ARGV[4]
 --              ("jobs:queue:" .. q .. ":stats"); its "fetched" field counts fetches (housekeeping
---              turns it into the drain rate behind QueueFull.retry_after). That key is derived
+--              turns it into the drain rate behind QueueFull.retry_after; an envelope counts
+--              its jobs and gives back its "enveloped" extra). That key is derived
 --              here, not declared: like restore.lua, this needs a single Redis node.
 -- ARGV[5]      kombu's priority separator "\x06\x16" (a list key's queue is the text before it)
 -- Returns {src, raw, delivery_tag} or false when every list is empty or paused.
@@ -40,7 +41,14 @@ for i = 4, #KEYS do
         tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
       end
       redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
-      redis.call('HINCRBY', ARGV[3] .. queue .. ARGV[4], 'fetched', 1)
+      -- An envelope counts its jobs (workers/envelopes.py): drain rate and depth are in jobs.
+      local n = 1
+      if ok and type(msg) == 'table' and type(msg.headers) == 'table' then
+        n = tonumber(msg.headers.jobs_count) or 1
+      end
+      local stats = ARGV[3] .. queue .. ARGV[4]
+      redis.call('HINCRBY', stats, 'fetched', n)
+      if n > 1 then redis.call('HINCRBY', stats, 'enveloped', 1 - n) end
       return {KEYS[i], raw, tag}
     end
   end

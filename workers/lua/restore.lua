@@ -9,14 +9,24 @@
 -- ARGV[4]   kombu priority separator           "\x06\x16"
 -- ARGV[5]   recovery only: restore all only if the consumer's heartbeat is older than this
 --           (unix seconds), re-checked here so a consumer that just beat again is left alone
+-- ARGV[6..7] stats hash of a queue: ARGV[6] .. <queue> .. ARGV[7] (an envelope adds its extra
+--           jobs back to its "enveloped" field)
 -- Returns the number of messages restored. Queue and wake keys are derived from the stored
 -- source key, so this script needs a single Redis node (not Redis Cluster).
+-- Jobs beyond one in an envelope message (workers/envelopes.py), 0 for a single job.
+local function extra_jobs(raw)
+  return (tonumber(string.match(raw, '"jobs_count": "(%d+)"') or '1')) - 1
+end
+
 local function restore(tag, value)
   local nl = string.find(value, '\n', 1, true)
   local src = string.sub(value, 1, nl - 1)
-  redis.call('RPUSH', src, string.sub(value, nl + 1))
+  local raw = string.sub(value, nl + 1)
+  redis.call('RPUSH', src, raw)
   local sep = string.find(src, ARGV[4], 1, true)
   local base = sep and string.sub(src, 1, sep - 1) or src
+  local extra = extra_jobs(raw)
+  if extra > 0 then redis.call('HINCRBY', ARGV[6] .. base .. ARGV[7], 'enveloped', extra) end
   redis.call('LPUSH', ARGV[3] .. base, '1')
   redis.call('LTRIM', ARGV[3] .. base, 0, 63)
   redis.call('HDEL', KEYS[1], tag)

@@ -20,6 +20,7 @@ from workers.policies.retry import Retry
 if TYPE_CHECKING:
     from celery import Celery
 
+    from workers.envelope_run import EnvelopeRun
     from workers.job import Job
     from workers.settings import Settings
 
@@ -34,6 +35,13 @@ class Execution:
     time_limit: float
     func: Any = None
     token: str | None = None
+    #: Seconds after which the body is stopped: its claim lease is about to end (``fence``).
+    fence_after: float | None = None
+    #: Seconds after which the body gets ``SoftTimeLimitExceeded`` (jobs in an envelope; a
+    #: single-job message has Celery's own soft limit).
+    soft_after: float | None = None
+    #: The envelope this job travels in (claims and completions batched with its progress).
+    envelope: EnvelopeRun | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

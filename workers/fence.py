@@ -1,0 +1,70 @@
+"""Lease fence: a job body still running when its claim's lease is about to end is stopped.
+
+The claim's lease outlasts the hard time limit, so a body that is merely slow is killed by
+the time limit first. The fence is for a process that was *frozen* (SIGSTOP, a VM pause, a
+swap storm): meanwhile its message was recovered and another worker claimed and ran the job.
+On resuming, the frozen body must not go on to its side effect. ``ITIMER_REAL`` counts wall
+time, including the time the process was stopped, so its SIGALRM is already pending when the
+process resumes and interrupts the body at once.
+
+The fence needs the main thread of its process (prefork and solo pools); in a thread pool it
+is not armed and the idempotency key's UNIQUE gate is the only protection past the lease.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+
+class LeaseExpired(BaseException):
+    """The job's claim lease ended while its body ran; another worker may own the job now.
+
+    A ``BaseException`` so a body's ``except Exception`` cannot swallow it.
+    """
+
+
+def can_fence() -> bool:
+    """Whether a fence can be armed here (SIGALRM is delivered to the main thread only)."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def lease_fence(seconds: float | None, *, soft_after: float | None = None) -> Iterator[None]:
+    """Raise :class:`LeaseExpired` inside the block once ``seconds`` of wall time have passed.
+
+    With ``soft_after`` (a job in an envelope: Celery's soft limit is the envelope's), raise
+    ``SoftTimeLimitExceeded`` first, after that many seconds, as Celery would for one job; the
+    fence stays armed for the rest of ``seconds``.
+    """
+    if (seconds is None and soft_after is None) or not can_fence():
+        yield
+        return
+    started = time.monotonic()
+    soft_pending = soft_after is not None and (seconds is None or soft_after < seconds)
+
+    def expire(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal handler
+        nonlocal soft_pending
+        if soft_pending:
+            soft_pending = False
+            if seconds is not None:
+                remaining = seconds - (time.monotonic() - started)
+                signal.setitimer(signal.ITIMER_REAL, max(remaining, 0.001))
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft_after:.1f} s) exceeded")
+        raise LeaseExpired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    first = soft_after if soft_pending else seconds
+    assert first is not None
+    signal.setitimer(signal.ITIMER_REAL, max(first, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
