@@ -99,6 +99,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_consumer="workers.consumer:JobsConsumer",
+        worker_pool="workers.pool:TaskPool",  # what ``-P prefork`` (the default) starts
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
         timezone="UTC",

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,3 +253,69 @@ def test_a_rolling_restart_with_sigterm_under_load_loses_and_repeats_nothing(
     assert not lost
     assert not twice
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
+
+
+def pool_children(worker: Worker) -> list[int]:
+    """The pids of the worker's pool children (its process group, without the main process)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != worker.pid:
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == worker.pid:
+                    children.append(int(entry.name))
+    return children
+
+
+def test_a_warm_shutdown_waits_for_a_job_handed_to_a_child_just_before_it_without_stalling(
+    clean: Any, workers: Any
+) -> None:
+    """Given a worker (-c 1) whose child is stopped, so the job the main process writes to it
+    is not yet acknowledged by the child, when the worker gets SIGTERM and the child resumes
+    after Celery's consumer has dropped that job from the pool's cache, then the child runs it
+    and the warm shutdown still ends in seconds (stock Celery 5.7 reads no more results from
+    the child, which then waits 30 s for them to be read before it exits); the job's message,
+    never acknowledged, is redelivered to the next worker and skipped as done: 1 side effect.
+    """
+    db, redis_client = clean
+    worker = workers(concurrency=1, name="handover")
+    (child,) = pool_children(worker)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        jobs.enqueue(tasks.record, name="handover")
+        wait_for(
+            lambda: (
+                redis_client.llen("default") == 0
+                and sum(
+                    redis_client.hlen(key) for key in redis_client.scan_iter(keys.inflight("*"))
+                )
+            ),
+            10,
+            "the worker took the message",
+        )
+        time.sleep(0.5)  # the main process writes the job into the stopped child's pipe
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: b"Warm shutdown" in worker.log_path.read_bytes(), 10, "warm shutdown")
+        time.sleep(1)  # the consumer has closed and flushed the pool
+    finally:
+        os.kill(child, signal.SIGCONT)
+    resumed = time.monotonic()
+    try:
+        code = worker.process.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            "warm shutdown stalled after the child resumed\n" + worker.log()
+        ) from None
+    shutdown = time.monotonic() - resumed
+    assert code == 0, worker.log()
+    assert effect_hits(db, "handover") == {"handover": 1}, worker.log()
+    successor = workers(concurrency=1, name="handover-next")
+    wait_for(lambda: settled(redis_client), 30, "the redelivered copy settled")
+    print(
+        f"\nFIGURE warm_shutdown_handover: job handed to a stopped child just before SIGTERM: "
+        f"the child ran it after resuming, shutdown ended {shutdown:.1f} s later (exit 0); "
+        f"the unacknowledged message was redelivered and skipped as done"
+    )
+    assert effect_hits(db, "handover") == {"handover": 1}, successor.log()
+    assert run_counts(db, "handover") == {"handover": 1}
+    assert shutdown < 10, worker.log()
