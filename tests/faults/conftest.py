@@ -37,6 +37,19 @@ def throwaway_postgres(tmp_path: Path) -> Iterator[tuple[PostgresProcess, str]]:
     server.stop("immediate")
 
 
+def create_partitions(url: str) -> None:
+    """Create the demo tables and their partitions in the throwaway PostgreSQL at ``url``."""
+    from sqlalchemy import create_engine  # noqa: PLC0415 - after the test environment is set
+
+    from jobs.partitions import ensure_all  # noqa: PLC0415
+
+    engine = create_engine(url)
+    try:
+        ensure_all(engine)
+    finally:
+        engine.dispose()
+
+
 def run_python(code: str, env: dict[str, str], timeout: float = 60) -> Any:
     """Run ``code`` in a fresh interpreter with ``env``; returns the CompletedProcess."""
     import subprocess  # noqa: PLC0415

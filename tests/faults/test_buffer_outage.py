@@ -7,10 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
 
 from jobs import buffers
 from ops.services import PostgresProcess, libpq_url
+from tests.faults.conftest import create_partitions
 from tests.integration.test_buffers import (
     buffer_env,  # noqa: F401 - the fixture, shared by import
     buffer_env_of,
@@ -45,13 +45,7 @@ def test_rows_buffered_while_postgres_is_down_stay_in_redis_and_land_after_it_re
     """
     _, redis_client = clean
     server, url = throwaway_postgres
-    from jobs.partitions import ensure_all  # noqa: PLC0415
-
-    engine = create_engine(url)
-    try:
-        ensure_all(engine)
-    finally:
-        engine.dispose()
+    create_partitions(url)
     worker = workers(
         queues="buffers",
         extra_env={

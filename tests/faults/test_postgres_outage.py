@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
 
 import jobs
 from jobs import buffers, views
@@ -26,6 +25,7 @@ from jobs.buffers.producer import request_flush
 from ops.services import PostgresProcess, libpq_url
 from tests import tasks
 from tests.conftest import TEST_TABLES
+from tests.faults.conftest import create_partitions
 from tests.integration.test_buffers import (
     buffer_env,  # noqa: F401 - the fixture, shared by import
     buffer_env_of,
@@ -89,14 +89,8 @@ def outcome(url: str) -> Outcome:
 @pytest.fixture
 def outage_db(throwaway_postgres: tuple[PostgresProcess, str]) -> tuple[PostgresProcess, str]:
     """The throwaway PostgreSQL with the demo partitions and the test tables."""
-    from jobs.partitions import ensure_all  # noqa: PLC0415
-
     server, url = throwaway_postgres
-    engine = create_engine(url)
-    try:
-        ensure_all(engine)
-    finally:
-        engine.dispose()
+    create_partitions(url)
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(TEST_TABLES)
     return server, url
