@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from billiard.pool import SIG_SOFT_TIMEOUT
 from celery.exceptions import SoftTimeLimitExceeded
 
 
@@ -68,3 +69,24 @@ def lease_fence(seconds: float | None, *, soft_after: float | None = None) -> It
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def soft_limit_held() -> Iterator[None]:
+    """Hold off Celery's soft time limit while a finished body's outcome is stored.
+
+    The soft limit is there to stop a body. Once the body has returned (or raised), a
+    ``SoftTimeLimitExceeded`` raised while its done mark or its retry is written would turn a
+    finished job into a failed one and run it again (seen after a worker was frozen for most
+    of its time limit). billiard's signal is blocked meanwhile, and one that arrived is dropped.
+    """
+    if SIG_SOFT_TIMEOUT is None or not can_fence():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {SIG_SOFT_TIMEOUT})
+    try:
+        yield
+    finally:
+        if SIG_SOFT_TIMEOUT in signal.sigpending():
+            signal.sigtimedwait({SIG_SOFT_TIMEOUT}, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

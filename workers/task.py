@@ -9,6 +9,7 @@ cannot be stored (broker down), the message is rejected back to its queue instea
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -20,7 +21,7 @@ from workers import publisher
 from workers.canonical import derive_key
 from workers.errors import ConfigurationError, Defer, InvalidJob, Settled
 from workers.failpoints import failpoint
-from workers.fence import LeaseExpired, lease_fence
+from workers.fence import LeaseExpired, lease_fence, soft_limit_held
 from workers.job import HEADER, Job, Outcome
 from workers.policies import DEFAULT_POLICIES, Execution, Policy, declared_options
 from workers.redaction import redact_text
@@ -218,29 +219,34 @@ def run_job(
 ) -> Outcome:
     """Run ``body`` for ``job`` inside ``policies`` (before in order, after_* in reverse)."""
     entered: list[Policy] = []
-    try:
-        for policy in policies:
-            policy.before(job, execution)
-            entered.append(policy)
-        with lease_fence(execution.fence_after, soft_after=execution.soft_after):
-            body()
-        failpoint("after_side_effect")
-    except Settled:
-        return job.outcome or Outcome.SKIPPED
-    except Exception as exc:
-        if isinstance(exc, Defer):
-            defer(job, execution, exc)
-        else:
-            log.warning("job_failed", error=type(exc).__name__, detail=redact_text(str(exc))[:200])
+    with ExitStack() as settling:
+        try:
+            for policy in policies:
+                policy.before(job, execution)
+                entered.append(policy)
+            try:
+                with lease_fence(execution.fence_after, soft_after=execution.soft_after):
+                    body()
+            finally:
+                settling.enter_context(soft_limit_held())  # the outcome is stored in full
+            failpoint("after_side_effect")
+        except Settled:
+            return job.outcome or Outcome.SKIPPED
+        except Exception as exc:
+            if isinstance(exc, Defer):
+                defer(job, execution, exc)
+            else:
+                detail = redact_text(str(exc))[:200]
+                log.warning("job_failed", error=type(exc).__name__, detail=detail)
+            for policy in reversed(entered):
+                policy.after_failure(job, execution, exc)
+            if job.outcome is None:
+                raise  # nothing stored the outcome: the caller must not acknowledge the message
+            return job.outcome
         for policy in reversed(entered):
-            policy.after_failure(job, execution, exc)
-        if job.outcome is None:
-            raise  # nothing stored the outcome: the caller must not acknowledge the message
+            policy.after_success(job, execution)
+        job.outcome = Outcome.DONE
         return job.outcome
-    for policy in reversed(entered):
-        policy.after_success(job, execution)
-    job.outcome = Outcome.DONE
-    return job.outcome
 
 
 def defer(job: Job, execution: Execution, request: Defer) -> None:

@@ -6,10 +6,18 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import pytest
+from billiard.pool import SIG_SOFT_TIMEOUT, soft_timeout_sighandler
+from celery.exceptions import SoftTimeLimitExceeded
 
 from workers.fence import LeaseExpired, can_fence, lease_fence
+from workers.job import Job, Outcome
+from workers.policies import Execution
+from workers.settings import get_settings
+from workers.task import run_job
 
 
 def fenced_body(seconds: float, fence: float, steps: list[str]) -> None:
@@ -81,3 +89,74 @@ def test_no_fence_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [False, True]
+
+
+class Recorder:
+    """A policy that notes how the job settled; its done mark can be hit by the soft limit."""
+
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *, soft_limit_while_settling: bool = False) -> None:
+        """``soft_limit_while_settling``: the soft-limit signal arrives during the done mark."""
+        self.soft_limit_while_settling = soft_limit_while_settling
+        self.steps: list[str] = []
+
+    def before(self, job: Job, execution: Execution) -> None:
+        """Nothing to claim."""
+
+    def after_success(self, job: Job, execution: Execution) -> None:  # noqa: ARG002
+        """The done mark, as the parent's soft timer fires (a blocked signal stays pending)."""
+        if self.soft_limit_while_settling:
+            os.kill(os.getpid(), SIG_SOFT_TIMEOUT)
+            time.sleep(0.05)
+        self.steps.append("done mark")
+
+    def after_failure(self, job: Job, execution: Execution, exc: BaseException) -> None:  # noqa: ARG002
+        """The retry of a failed body."""
+        self.steps.append(f"failed: {type(exc).__name__}")
+
+
+@pytest.fixture
+def billiard_soft_limit() -> Iterator[None]:
+    """The soft-limit handler billiard installs in a pool child."""
+    previous = signal.signal(SIG_SOFT_TIMEOUT, soft_timeout_sighandler)
+    yield
+    signal.signal(SIG_SOFT_TIMEOUT, previous)
+
+
+def run_recorded(recorder: Recorder, body: Any) -> Outcome:
+    """Run ``body`` as a job with ``recorder`` as its only policy."""
+    job = Job(id="j1", task="tests.soft", key="k1", queue="default", args=(), kwargs={})
+    execution = Execution(app=None, settings=get_settings(), options={}, time_limit=10.0)  # type: ignore[arg-type]
+    return run_job((recorder,), job, execution, body)
+
+
+@pytest.mark.usefixtures("billiard_soft_limit")
+def test_a_soft_limit_arriving_after_the_body_returned_does_not_fail_the_job() -> None:
+    """Given a body that returned, when Celery's soft time limit signal arrives while its done
+    mark is written (a worker frozen for most of its time limit), then the done mark completes,
+    the job is DONE, and the late signal is dropped instead of surfacing afterwards.
+    """
+    recorder = Recorder(soft_limit_while_settling=True)
+    assert run_recorded(recorder, lambda: None) is Outcome.DONE
+    time.sleep(0.05)  # a signal left pending would be raised here
+    assert recorder.steps == ["done mark"]
+
+
+@pytest.mark.usefixtures("billiard_soft_limit")
+def test_a_soft_limit_arriving_during_the_body_still_stops_it() -> None:
+    """The soft limit is held only after the body: inside it, it raises as Celery's does and
+    the job fails (here: no policy stores an outcome, so the message is not acknowledged).
+    """
+    recorder = Recorder()
+    reached: list[str] = []
+
+    def body() -> None:
+        os.kill(os.getpid(), SIG_SOFT_TIMEOUT)
+        time.sleep(0.5)
+        reached.append("side effect")
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        run_recorded(recorder, body)
+    assert reached == []
+    assert recorder.steps == ["failed: SoftTimeLimitExceeded"]
