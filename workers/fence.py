@@ -79,6 +79,8 @@ def soft_limit_held() -> Iterator[None]:
     ``SoftTimeLimitExceeded`` raised while its done mark or its retry is written would turn a
     finished job into a failed one and run it again (seen after a worker was frozen for most
     of its time limit). billiard's signal is blocked meanwhile, and one that arrived is dropped.
+    For single-job messages only: an envelope's soft limit must still stop the envelope, and its
+    jobs' own soft limits are the fence's (``lease_fence(soft_after=)``), off by then.
     """
     if SIG_SOFT_TIMEOUT is None or not can_fence():
         yield

@@ -228,7 +228,8 @@ def run_job(
                 with lease_fence(execution.fence_after, soft_after=execution.soft_after):
                     body()
             finally:
-                settling.enter_context(soft_limit_held())  # the outcome is stored in full
+                if execution.envelope is None:  # an envelope's soft limit stops it between jobs
+                    settling.enter_context(soft_limit_held())  # the outcome is stored in full
             failpoint("after_side_effect")
         except Settled:
             return job.outcome or Outcome.SKIPPED
