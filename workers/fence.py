@@ -78,17 +78,20 @@ def soft_limit_held() -> Iterator[None]:
     The soft limit is there to stop a body. Once the body has returned (or raised), a
     ``SoftTimeLimitExceeded`` raised while its done mark or its retry is written would turn a
     finished job into a failed one and run it again (seen after a worker was frozen for most
-    of its time limit). billiard's signal is blocked meanwhile, and one that arrived is dropped.
-    For single-job messages only: an envelope's soft limit must still stop the envelope, and its
-    jobs' own soft limits are the fence's (``lease_fence(soft_after=)``), off by then.
+    of its time limit). Meanwhile billiard's handler is swapped for one that ignores the
+    signal: the parent sends it to the process, so any thread may receive it and blocking it
+    in this thread would not do. For single-job messages only: an envelope's soft limit must
+    still stop the envelope, and its jobs' own soft limits are the fence's, off by then.
     """
     if SIG_SOFT_TIMEOUT is None or not can_fence():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {SIG_SOFT_TIMEOUT})
+    previous = signal.signal(SIG_SOFT_TIMEOUT, _late_soft_limit)
     try:
         yield
     finally:
-        if SIG_SOFT_TIMEOUT in signal.sigpending():
-            signal.sigtimedwait({SIG_SOFT_TIMEOUT}, 0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(SIG_SOFT_TIMEOUT, previous)
+
+
+def _late_soft_limit(signum: int, frame: FrameType | None) -> None:
+    """The soft limit arrived after the body: nothing left to stop."""
