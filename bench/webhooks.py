@@ -84,6 +84,8 @@ from typing import TYPE_CHECKING, Any, Self
 import httpx
 import redis
 
+from ops.profiles import pool_options
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     BENCH,
@@ -423,6 +425,7 @@ def measure_ours(bench: Bench, receiver: Receiver, latency: float, number: int) 
     spec = PoolSpec(
         name="webhooks", queues="webhooks", processes=options.processes, pool=options.pool,
         concurrency=options.concurrency // options.processes,
+        options=("--without-mingle", "--without-gossip", *pool_options(options.pool, [])),
     )  # fmt: skip
     with worker_pool(bench.ctx, spec, bench.env) as pool:
         ready = pool.ready
@@ -572,6 +575,11 @@ def scenario(ctx: Context, sets: tuple[Options, ...] | None = None) -> ScenarioR
                 "Each delivery of ours pays the whole pipeline: broker fetch, the policy chain, "
                 "loading delivery, endpoint and body from PostgreSQL, signing, the SSRF-guarded "
                 "POST and recording the outcome. Raw: N threads POSTing pre-built signed bodies."
+            ),
+            (
+                "The worker runs as `jobctl worker -P threads` does: prefetch multiplier 2, so "
+                "a freed thread finds its next message queued; each fetch takes up to the "
+                "prefetch headroom in one round trip."
             ),
             (
                 "A threads worker is one process (one GIL): at ~5 ms of CPU per delivery it "

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import cached_property
 from queue import Empty
@@ -63,6 +63,9 @@ _FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdi
 #: A queue's stats key cut around the queue name (the Lua scripts derive it per queue).
 STATS_KEY_PARTS = tuple(keys.queue_stats("\x00").split("\x00"))
 _DRAIN_COUNTER_ARGS = (*STATS_KEY_PARTS, PRIORITY_SEP)
+
+#: Most messages one fetch takes (a consumer never takes more than its prefetch headroom).
+FETCH_BATCH_MAX = 64
 
 #: Consumer ids in this process; the housekeeping thread heart-beats them.
 ACTIVE_CONSUMERS: set[str] = set()
@@ -290,7 +293,17 @@ class ReliableChannel(kombu_redis.Channel):
             self.consumer_id,
             repr(time.time()),
             *_DRAIN_COUNTER_ARGS,
+            self._fetch_batch(),
         )
+
+    def _fetch_batch(self) -> int:
+        """How many messages one fetch may take: the prefetch headroom, capped.
+
+        One round trip fills a threads pool's free slots, instead of one message per turn of
+        the event loop.
+        """
+        headroom = self.qos.can_consume_max_estimate() or 1
+        return max(1, min(int(headroom), FETCH_BATCH_MAX))
 
     def _brpop_read(self, **options: Any) -> bool:
         command = "BRPOP" if self._waiting_for_wake else "EVALSHA"
@@ -317,12 +330,27 @@ class ReliableChannel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _deliver_fetched(self, reply: list[bytes]) -> None:
-        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
-        queue = queue_of(list_key)
-        self._queue_cycle.rotate(queue)
-        failpoint("after_fetch")
-        self._probe.delivered()
-        self.connection._deliver(decode_fetched(raw, tag, queue), queue)  # noqa: SLF001
+        """Hand every fetched message to the consumer, in the order fetch.lua took them."""
+        entries = [
+            (bytes_to_str(reply[index]), reply[index + 1], bytes_to_str(reply[index + 2]))
+            for index in range(0, len(reply), 3)
+        ]
+        for position, (list_key, raw, tag) in enumerate(entries):
+            queue = queue_of(list_key)
+            self._queue_cycle.rotate(queue)
+            failpoint("after_fetch")
+            self._probe.delivered()
+            try:
+                self.connection._deliver(decode_fetched(raw, tag, queue), queue)  # noqa: SLF001
+            except BaseException:
+                # The rest were never handed over: back to the front of their queues now,
+                # not when this consumer's in-flight hash is next recovered.
+                # Last first, so the earliest ends up at the front. A failed restore leaves it
+                # in flight, recovered with this consumer's other messages.
+                for _, _, undelivered in reversed(entries[position + 1 :]):
+                    with suppress(Exception):
+                        self.inflight_restore(undelivered)
+                raise
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:  # noqa: ARG002
         reply = self._scripts.fetch(
@@ -338,7 +366,7 @@ class ReliableChannel(kombu_redis.Channel):
         if not reply:
             raise Empty
         self._probe.delivered()
-        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
+        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])  # one
         return decode_fetched(raw, tag, queue_of(list_key))
 
     # -- in-flight bookkeeping ----------------------------------------------------------------

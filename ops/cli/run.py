@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.console import Console
 
-from ops.profiles import PROFILES, profile_options
+from ops.profiles import PROFILES, pool_options, profile_options
 from workers.queues import QUEUE_NAMES
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ def worker_argv(
         argv += ["-c", str(concurrency)]
     if hostname:
         argv += ["-n", hostname]
+    argv += pool_options(pool, argv + extra)
     return argv + extra
 
 
@@ -118,7 +119,8 @@ def worker(
         "--pool",
         "-P",
         help="prefork (CPU-bound work, default) or threads (I/O-bound queues such as "
-        "webhooks: many concurrent requests per process, e.g. -P threads -c 32).",
+        "webhooks: many concurrent requests per process, e.g. -P threads -c 32; prefetch "
+        "multiplier 2 unless set).",
     ),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="Celery's log level."),
     hostname: str | None = typer.Option(None, "--hostname", "-n", help="Worker node name."),

@@ -14,7 +14,9 @@
 --              its jobs and gives back its "enveloped" extra). That key is derived
 --              here, not declared: like restore.lua, this needs a single Redis node.
 -- ARGV[5]      kombu's priority separator "\x06\x16" (a list key's queue is the text before it)
--- Returns {src, raw, delivery_tag} or false when every list is empty or paused.
+-- ARGV[6]      most messages to take (the consumer's prefetch headroom; 1 when absent)
+-- Returns {src, raw, delivery_tag, src, raw, delivery_tag, ...} (highest priority first, each
+-- recorded as in flight), or false when every list is empty or paused.
 -- A list whose queue is in KEYS[3] is skipped, whatever its priority: pausing is atomic with
 -- the pop, so no consumer pops from a queue after the pause is written.
 -- A body that is not a kombu envelope gets a synthetic "garbage:" tag so it can be dead-lettered.
@@ -26,19 +28,23 @@ if redis.call('SCARD', KEYS[3]) > 0 then
     paused[name] = true
   end
 end
+local want = 3 * (tonumber(ARGV[6]) or 1)
+local taken = {}
 for i = 4, #KEYS do
   local sep = string.find(KEYS[i], ARGV[5], 1, true)
   local queue = sep and string.sub(KEYS[i], 1, sep - 1) or KEYS[i]
   if not (paused and paused[queue]) then
-    local raw = redis.call('RPOP', KEYS[i])
-    if raw then
+    local stats = ARGV[3] .. queue .. ARGV[4]
+    while #taken < want do
+      local raw = redis.call('RPOP', KEYS[i])
+      if not raw then break end
       local tag
       local ok, msg = pcall(cjson.decode, raw)
       if ok and type(msg) == 'table' and type(msg.properties) == 'table'
           and type(msg.properties.delivery_tag) == 'string' then
         tag = msg.properties.delivery_tag
       else
-        tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2]
+        tag = 'garbage:' .. redis.sha1hex(raw) .. ':' .. ARGV[2] .. ':' .. #taken
       end
       redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\n' .. raw)
       -- An envelope counts its jobs (workers/envelopes.py): drain rate and depth are in jobs.
@@ -46,11 +52,14 @@ for i = 4, #KEYS do
       if ok and type(msg) == 'table' and type(msg.headers) == 'table' then
         n = tonumber(msg.headers.jobs_count) or 1
       end
-      local stats = ARGV[3] .. queue .. ARGV[4]
       redis.call('HINCRBY', stats, 'fetched', n)
       if n > 1 then redis.call('HINCRBY', stats, 'enveloped', 1 - n) end
-      return {KEYS[i], raw, tag}
+      taken[#taken + 1] = KEYS[i]
+      taken[#taken + 1] = raw
+      taken[#taken + 1] = tag
     end
+    if #taken >= want then break end
   end
 end
-return false
+if #taken == 0 then return false end
+return taken
