@@ -95,7 +95,8 @@ def bench(
 ) -> None:
     """Benchmark ours against its baselines in the same run; write the JSON, tables and charts.
 
-    Scenarios: drain, scaling, enqueue, latency, flash_sale, webhooks, flush, dlq_replay.
+    Scenarios: drain, scaling, envelopes, enqueue, latency, flash_sale, webhooks, flush,
+    dlq_replay.
 
     Extras (only with --only): ratelimit, promoter, refresh.
 
