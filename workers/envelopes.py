@@ -26,6 +26,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from workers.job import HEADER, Job, fields_problem
+from workers.publisher import NO_CANVAS, task_message
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +43,7 @@ _COUNT_MARK = "\x00N\x00"
 #: How the marks look in ``json.dumps`` output (inside JSON strings).
 _JOBS_SPLIT = json.dumps(_JOBS_MARK)[1:-1]
 _COUNT_SPLIT = json.dumps(_COUNT_MARK)[1:-1]
-_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
+_NO_CANVAS = json.dumps(NO_CANVAS)
 
 
 def fragment(job: Job) -> str:
@@ -73,44 +74,21 @@ def template(
     job's) to the whole envelope.
     """
     envelope_id = str(uuid.uuid4())
-    body = f'[[], {{"task": {json.dumps(task)}, "jobs": [{_JOBS_MARK}]}}, {_EMBED}]'
-    headers = {
-        "lang": "py",
-        "task": ENVELOPE_TASK,
-        "id": envelope_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [time_limit, soft_time_limit],
-        "root_id": envelope_id,
-        "parent_id": None,
-        "argsrepr": "()",
-        "kwargsrepr": f"{{'task': {task!r}, 'jobs': <{_COUNT_MARK} jobs>}}",
-        "origin": origin,
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        COUNT_HEADER: _COUNT_MARK,
-        HEADER: {"ready_at": ready_at},
-    }
-    message = {
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": envelope_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": priority or 0,
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
+    body = f'[[], {{"task": {json.dumps(task)}, "jobs": [{_JOBS_MARK}]}}, {_NO_CANVAS}]'
+    message = task_message(
+        task=ENVELOPE_TASK,
+        task_id=envelope_id,
+        queue=queue,
+        priority=priority,
+        body=body,
+        body_encoding=None,
+        retries=0,
+        timelimit=[time_limit, soft_time_limit],
+        argsrepr="()",
+        kwargsrepr=f"{{'task': {task!r}, 'jobs': <{_COUNT_MARK} jobs>}}",
+        headers={COUNT_HEADER: _COUNT_MARK, HEADER: {"ready_at": ready_at}},
+        origin=origin,
+    )
     head, rest = json.dumps(message).split(_JOBS_SPLIT)
     pieces = [head, *rest.split(_COUNT_SPLIT)]
     if len(pieces) != 4:  # noqa: PLR2004 - the layout admit.lua joins

@@ -43,51 +43,85 @@ def list_key(queue: str, priority: int | None) -> str:
     return f"{queue}{PRIORITY_SEP}{step}" if step else queue
 
 
+#: The third element of a protocol-2 body: no callbacks, errbacks or canvas.
+NO_CANVAS: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
 def envelope(job: Job, *, time_limit: float | None = None) -> dict[str, Any]:
     """The kombu envelope of ``job`` exactly as Celery's ``apply_async`` would write it."""
-    body = json.dumps(
-        [
-            list(job.args),
-            job.kwargs,
-            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
-        ]
+    body = json.dumps([list(job.args), job.kwargs, NO_CANVAS])
+    return task_message(
+        task=job.task,
+        task_id=job.id,
+        queue=job.queue,
+        priority=job.priority,
+        body=base64.b64encode(body.encode()).decode(),
+        body_encoding="base64",
+        retries=job.attempt - 1,
+        timelimit=[time_limit, None],
+        argsrepr=safe_repr(job.args),
+        kwargsrepr=safe_repr(job.kwargs),
+        headers={HEADER: job.header()},
     )
-    headers = {
-        "lang": "py",
-        "task": job.task,
-        "id": job.id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": job.attempt - 1,
-        "timelimit": [time_limit, None],
-        "root_id": job.id,
-        "parent_id": None,
-        "argsrepr": safe_repr(job.args),
-        "kwargsrepr": safe_repr(job.kwargs),
-        "origin": ORIGIN,
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        HEADER: job.header(),
+
+
+def task_message(
+    *,
+    task: str,
+    task_id: str,
+    queue: str,
+    priority: int | None,
+    body: str,
+    body_encoding: str | None,
+    retries: int,
+    timelimit: list[float | None],
+    argsrepr: str,
+    kwargsrepr: str,
+    headers: dict[str, Any],
+    origin: str = ORIGIN,
+) -> dict[str, Any]:
+    """A Celery protocol-2 message in kombu's Redis envelope; ``headers`` are added last.
+
+    The one place the layout lives: single jobs (:func:`envelope`) and envelope templates
+    (:func:`workers.envelopes.template`) fill it in.
+    """
+    properties: dict[str, Any] = {
+        "correlation_id": task_id,
+        "reply_to": "",
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": priority or 0,
     }
+    if body_encoding is not None:
+        properties["body_encoding"] = body_encoding
+    properties["delivery_tag"] = str(uuid.uuid4())
     return {
-        "body": base64.b64encode(body.encode()).decode(),
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": job.id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": job.queue},
-            "priority": job.priority or 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": retries,
+            "timelimit": timelimit,
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": argsrepr,
+            "kwargsrepr": kwargsrepr,
+            "origin": origin,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+            **headers,
         },
+        "properties": properties,
     }
 
 
