@@ -184,15 +184,10 @@ class EnvelopeRun:
         self._lease_s = lease_ms / 1000
 
     def _flush(self) -> None:
-        """Write what is pending and drop this run's claims; read every reply."""
-        if self._batch_claims:
-            self._release_batch()
-        else:
-            self._send()
-            self._read_pending()
+        """Write what is pending and drop this run's claims; read every reply.
 
-    def _release_batch(self) -> None:
-        """Drop this run's remaining claims (one round trip, with the pending writes)."""
+        With claims left, the pending writes go out with their release (one round trip).
+        """
         if self._batch_claims:
             self._script(
                 "envelope_claim",
@@ -201,6 +196,9 @@ class EnvelopeRun:
                  *self._batch_claims],
             )  # fmt: skip
             self._batch_claims = []
+        else:
+            self._send()
+            self._read_pending()
 
     # -- the wire ------------------------------------------------------------------------------
 

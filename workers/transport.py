@@ -58,10 +58,10 @@ WAKE_TOKENS = 64
 PRIORITY_SEP = "\x06\x16"
 
 _FETCH_SHA = hashlib.sha1(source("fetch").encode(), usedforsecurity=False).hexdigest()
-#: fetch.lua's drain-counter arguments (backpressure): the text around the queue name in its
-#: stats key; and the priority separator (also how it finds a list key's queue for pausing).
 #: A queue's stats key cut around the queue name (the Lua scripts derive it per queue).
 STATS_KEY_PARTS = tuple(keys.queue_stats("\x00").split("\x00"))
+#: fetch.lua's drain-counter arguments (backpressure): the stats key's parts, and the priority
+#: separator (also how it finds a list key's queue for pausing).
 _DRAIN_COUNTER_ARGS = (*STATS_KEY_PARTS, PRIORITY_SEP)
 
 #: Most messages one fetch takes (a consumer never takes more than its prefetch headroom).
@@ -366,7 +366,8 @@ class ReliableChannel(kombu_redis.Channel):
         if not reply:
             raise Empty
         self._probe.delivered()
-        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])  # one
+        # No count: fetch.lua takes one message.
+        list_key, raw, tag = bytes_to_str(reply[0]), reply[1], bytes_to_str(reply[2])
         return decode_fetched(raw, tag, queue_of(list_key))
 
     # -- in-flight bookkeeping ----------------------------------------------------------------
